@@ -1,0 +1,114 @@
+"""The seed notebook's AlexNet and the paper-width variant, with torchvision's key layout."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from fmnist_alexnet.errors import FmnistError
+
+ARCHS = ("alexnet", "alexnet-paper")
+# Below these sizes the feature maps shrink to nothing before the last pool.
+MIN_IMAGE_SIZE = {"alexnet": 63, "alexnet-paper": 65}
+
+
+class AlexNet(nn.Module):
+    """The network exactly as the seed README defines it (torchvision's AlexNet, 1 channel).
+
+    State-dict keys are ``features.{0,3,6,8,10}.*`` and ``classifier.{1,4,6}.*``;
+    with 10 classes it has 57,029,322 parameters. AdaptiveAvgPool2d makes the classifier
+    independent of the input size (>= 63 px).
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
+        self.classifier = _classifier(256 * 6 * 6, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+class AlexNetPaper(nn.Module):
+    """The paper/d2l widths (96-256-384-384-256, conv 1 padding 1) from the seed notebook.
+
+    The notebook flattens the 5x5x256 map it gets at 224 px (6400 features); an
+    ``AdaptiveAvgPool2d((5, 5))`` keeps exactly that at 224 px and lets other sizes work too.
+    """
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(96, 256, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+            nn.Conv2d(256, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(kernel_size=3, stride=2),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d((5, 5))
+        self.classifier = _classifier(256 * 5 * 5, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.features(x)
+        x = self.avgpool(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+def _classifier(in_features: int, num_classes: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Dropout(),
+        nn.Linear(in_features, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Linear(4096, num_classes),
+    )
+
+
+def build_model(arch: str, num_classes: int = 10) -> nn.Module:
+    if arch == "alexnet":
+        return AlexNet(num_classes)
+    if arch == "alexnet-paper":
+        return AlexNetPaper(num_classes)
+    raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def check_image_size(arch: str, image_size: int) -> None:
+    minimum = MIN_IMAGE_SIZE[arch]
+    if image_size < minimum:
+        raise FmnistError(
+            f"--image-size {image_size} is too small for {arch}: the minimum is {minimum} px "
+            "(smaller inputs collapse to an empty feature map)"
+        )
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

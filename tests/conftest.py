@@ -1,0 +1,36 @@
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from fmnist_alexnet.data.sources import find_data
+
+
+def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool | None = None) -> Path:
+    """Write ``array`` (uint8) as an IDX file; gzip it when the name ends in .gz."""
+    header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)
+    payload = header + np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    if compress if compress is not None else str(path).endswith(".gz"):
+        payload = gzip.compress(payload)
+    path.write_bytes(payload)
+    return path
+
+
+def write_dataset(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = True) -> Path:
+    """A small synthetic dataset in the real file layout."""
+    rng = np.random.default_rng(0)
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".gz" if gz else ""
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        images = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8)
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        write_idx(folder / f"{prefix}-images-idx3-ubyte{suffix}", images, 0x803)
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte{suffix}", labels, 0x801)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def real_data():
+    """The real Fashion-MNIST files (make test installs them)."""
+    return find_data()

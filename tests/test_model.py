@@ -1,0 +1,58 @@
+import pytest
+import torch
+
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.model import AlexNet, build_model, check_image_size, count_parameters
+
+SEED_KEYS = {f"features.{i}.{kind}" for i in (0, 3, 6, 8, 10) for kind in ("weight", "bias")} | {
+    f"classifier.{i}.{kind}" for i in (1, 4, 6) for kind in ("weight", "bias")
+}
+
+
+def test_seed_alexnet_parameter_count_and_keys():
+    model = AlexNet(num_classes=10)
+    assert count_parameters(model) == 57_029_322
+    assert set(model.state_dict()) == SEED_KEYS
+
+
+def test_seed_alexnet_layers_match_the_readme():
+    f = build_model("alexnet").features
+    assert (f[0].in_channels, f[0].out_channels, f[0].kernel_size, f[0].stride, f[0].padding) == (
+        1,
+        64,
+        (11, 11),
+        (4, 4),
+        (2, 2),
+    )
+    assert [f[i].out_channels for i in (0, 3, 6, 8, 10)] == [64, 192, 384, 256, 256]
+    assert [(f[i].kernel_size, f[i].stride) for i in (2, 5, 12)] == [(3, 2)] * 3
+
+
+@pytest.mark.parametrize("size", [63, 64, 224])
+def test_output_shape_at_any_size_from_63(size):
+    out = build_model("alexnet").eval()(torch.zeros(2, 1, size, size))
+    assert out.shape == (2, 10)
+
+
+def test_paper_variant_has_6400_features_at_224_and_same_keys():
+    model = build_model("alexnet-paper")
+    assert [model.features[i].out_channels for i in (0, 3, 6, 8, 10)] == [96, 256, 384, 384, 256]
+    assert model.features[0].padding == (1, 1)
+    assert model.features(torch.zeros(1, 1, 224, 224)).flatten(1).shape[1] == 6400
+    assert model.classifier[1].in_features == 6400
+    assert set(model.state_dict()) == SEED_KEYS
+    assert model.eval()(torch.zeros(1, 1, 65, 65)).shape == (1, 10)
+
+
+def test_too_small_inputs_are_refused_with_the_minimum():
+    with pytest.raises(FmnistError, match="minimum is 63"):
+        check_image_size("alexnet", 62)
+    with pytest.raises(FmnistError, match="minimum is 65"):
+        check_image_size("alexnet-paper", 64)
+    with pytest.raises(RuntimeError):  # the network itself really does collapse below 63
+        build_model("alexnet").eval()(torch.zeros(1, 1, 62, 62))
+
+
+def test_unknown_arch():
+    with pytest.raises(FmnistError, match="unknown architecture"):
+        build_model("vgg")
