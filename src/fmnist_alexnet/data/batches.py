@@ -1,0 +1,168 @@
+"""The on-device batch pipeline: sample, gather, augment, normalise, resize.
+
+The whole uint8 dataset lives on the training device (47 MB for 60k images). Every step is
+a handful of batched tensor ops there: no per-sample Python, no PIL, no worker processes.
+Randomness comes from generators seeded by (seed, epoch) for the order and by
+(seed, epoch, step) for augmentation, so any step can be replayed exactly on resume, and
+every rank of a distributed run draws from the same global order and slices its shard.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IMAGE_SIDE = 28
+
+
+@dataclass
+class DeviceData:
+    images: torch.Tensor  # uint8 [N, 1, 28, 28] on the device
+    labels: torch.Tensor  # int64 [N] on the device
+
+    @classmethod
+    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
+        return cls(
+            torch.from_numpy(images.copy()).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
+            .to(device),
+            torch.from_numpy(labels.astype(np.int64)).to(device),
+        )
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, indices: torch.Tensor) -> DeviceData:
+        indices = indices.to(self.labels.device)
+        return DeviceData(self.images[indices], self.labels[indices])
+
+
+def split_train_val(n: int, val_size: int, split_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Hold ``val_size`` images out of the training set, the same ones for every run seed."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
+    return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def generator(device: torch.device, *keys: int) -> torch.Generator:
+    """A generator on ``device`` seeded by mixing the integer keys."""
+    seed = 0x9E3779B9
+    for key in keys:
+        seed = (seed * 1_000_003 + int(key) + 1) % (2**63 - 1)
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The preprocessing contract a checkpoint records: uint8 28x28 -> normalised float SxS."""
+
+    image_size: int
+    mean: float
+    std: float
+    resize_mode: str = "bilinear"
+
+    def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        # Normalising before resizing is exact for (bi)linear resizing and 64x cheaper at 224 px.
+        x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
+        if self.image_size != x.shape[-1]:
+            x = F.interpolate(
+                x, size=(self.image_size, self.image_size), mode=self.resize_mode,
+                **({} if self.resize_mode == "nearest" else {"align_corners": False}),
+            )
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return x
+
+
+@dataclass(frozen=True)
+class AugmentDraw:
+    flip: torch.Tensor  # bool [B]
+    shift: torch.Tensor  # int64 [B, 2]: (dy, dx) in 28-px pixels
+
+    def shard(self, start: int, stop: int) -> AugmentDraw:
+        return AugmentDraw(self.flip[start:stop], self.shift[start:stop])
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Per-sample random horizontal flip and translation (a zero-padded random crop), batched."""
+
+    flip: bool = False
+    translate: int = 0  # largest shift in pixels of the 28x28 image
+
+    @property
+    def enabled(self) -> bool:
+        return self.flip or self.translate > 0
+
+    def draw(self, batch_size: int, gen: torch.Generator) -> AugmentDraw:
+        device = gen.device
+        flip = torch.rand(batch_size, generator=gen, device=device) < 0.5
+        shift = torch.randint(
+            -self.translate, self.translate + 1, (batch_size, 2), generator=gen, device=device
+        )
+        return AugmentDraw(flip, shift)
+
+    def apply(self, images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
+        """``images``: uint8 [B, 1, 28, 28] -> augmented uint8 of the same shape."""
+        if self.translate > 0:
+            t = self.translate
+            padded = F.pad(images, (t, t, t, t))
+            side = images.shape[-1]
+            ramp = torch.arange(side, device=images.device)
+            rows = (draw.shift[:, 0:1] + t) + ramp  # [B, side]
+            cols = (draw.shift[:, 1:2] + t) + ramp
+            batch = torch.arange(images.shape[0], device=images.device)[:, None, None]
+            images = padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
+        if self.flip:
+            images = torch.where(draw.flip[:, None, None, None], images.flip(-1), images)
+        return images
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Training drops the last incomplete batch so every step has the same global batch."""
+    return n // batch_size
+
+
+def train_batches(
+    data: DeviceData,
+    batch_size: int,
+    preprocess: Preprocess,
+    augment: Augment,
+    seed: int,
+    epoch: int,
+    start_step: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield this rank's (inputs, labels) for each step of ``epoch`` from ``start_step`` on.
+
+    ``batch_size`` is the global batch; each rank takes its contiguous slice of it.
+    """
+    device = data.labels.device
+    order = torch.randperm(len(data), generator=generator(device, seed, epoch), device=device)
+    local = batch_size // world_size
+    lo, hi = rank * local, (rank + 1) * local
+    for step in range(start_step, steps_per_epoch(len(data), batch_size)):
+        index = order[step * batch_size : (step + 1) * batch_size][lo:hi]
+        images = data.images[index]
+        if augment.enabled:
+            draw = augment.draw(batch_size, generator(device, seed, epoch, step)).shard(lo, hi)
+            images = augment.apply(images, draw)
+        yield preprocess(images, channels_last), data.labels[index]
+
+
+def eval_batches(
+    data: DeviceData,
+    batch_size: int,
+    preprocess: Preprocess,
+    rank: int = 0,
+    world_size: int = 1,
+    channels_last: bool = False,
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Every image once, in order; rank r takes every world_size-th batch."""
+    for start in range(rank * batch_size, len(data), batch_size * world_size):
+        stop = start + batch_size
+        yield preprocess(data.images[start:stop], channels_last), data.labels[start:stop]

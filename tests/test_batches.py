@@ -1,0 +1,118 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from fmnist_alexnet.data import MEAN, STD
+from fmnist_alexnet.data.batches import (
+    Augment,
+    DeviceData,
+    Preprocess,
+    eval_batches,
+    split_train_val,
+    train_batches,
+)
+from fmnist_alexnet.data.sources import load_splits
+
+
+@pytest.fixture(scope="module")
+def data(real_data):
+    images, labels = load_splits(real_data)["test"]
+    return DeviceData.from_numpy(images[:512], labels[:512], "cpu")
+
+
+def batches(data, seed, augment, epoch=0, **kwargs):
+    return list(train_batches(data, 64, Preprocess(64, MEAN, STD), augment, seed, epoch, **kwargs))
+
+
+def test_split_is_deterministic_disjoint_and_complete():
+    train, val = split_train_val(60000, 5000)
+    train2, val2 = split_train_val(60000, 5000)
+    assert torch.equal(train, train2) and torch.equal(val, val2)
+    assert len(val) == 5000 and len(train) == 55000
+    assert len(set(train.tolist()) | set(val.tolist())) == 60000
+    _, other = split_train_val(60000, 5000, split_seed=1)
+    assert not torch.equal(val, other)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(data):
+    augment = Augment(flip=True, translate=3)
+    first, again = batches(data, 0, augment), batches(data, 0, augment)
+    for a, b in zip(first, again, strict=True):
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    other = batches(data, 1, augment)
+    assert not torch.equal(first[0][1], other[0][1])
+    next_epoch = batches(data, 0, augment, epoch=1)
+    assert not torch.equal(first[0][1], next_epoch[0][1])
+
+
+def test_each_epoch_is_a_permutation_dropping_the_last_partial_batch(data):
+    seen = torch.cat([labels for _, labels in batches(data, 0, Augment())])
+    assert len(seen) == 512 // 64 * 64
+    # Labels of the test subset in a shuffled order: same multiset as the data.
+    assert torch.equal(seen.sort().values, data.labels.sort().values)
+
+
+def test_start_step_replays_the_rest_of_the_epoch(data):
+    augment = Augment(flip=True, translate=2)
+    full = batches(data, 5, augment)
+    rest = batches(data, 5, augment, start_step=3)
+    assert len(rest) == len(full) - 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(full[3:], rest, strict=True))
+
+
+def test_ranks_take_contiguous_shards_of_the_same_global_batch(data):
+    augment = Augment(flip=True, translate=2)
+    whole = batches(data, 7, augment)
+    shards = [batches(data, 7, augment, rank=r, world_size=2) for r in range(2)]
+    for step, (inputs, labels) in enumerate(whole):
+        assert torch.equal(torch.cat([s[step][0] for s in shards]), inputs)
+        assert torch.equal(torch.cat([s[step][1] for s in shards]), labels)
+
+
+def test_augmentation_changes_images_but_keeps_their_mass(data):
+    plain = batches(data, 0, Augment())[0][0]
+    flipped = batches(data, 0, Augment(flip=True))[0][0]
+    changed = (plain - flipped).abs().flatten(1).amax(1) > 0
+    assert 0.2 < changed.float().mean() < 0.8  # about half of the batch flipped
+    # A flip is exactly a mirror image.
+    for i in torch.nonzero(changed).flatten()[:5]:
+        assert torch.allclose(flipped[i], plain[i].flip(-1))
+    shifted = batches(data, 0, Augment(translate=4))[0][0]
+    assert ((plain - shifted).abs().flatten(1).amax(1) > 0).float().mean() > 0.5
+
+
+def test_translation_is_a_shift_with_black_padding():
+    image = torch.zeros(1, 1, 28, 28, dtype=torch.uint8)
+    image[0, 0, 10, 12] = 200
+    augment = Augment(translate=3)
+    draw = augment.draw(1, torch.Generator().manual_seed(0))
+    draw = type(draw)(torch.tensor([False]), torch.tensor([[2, -3]]))
+    out = augment.apply(image, draw)
+    # The crop window moves by (dy, dx) = (2, -3): content moves the other way.
+    assert out[0, 0, 8, 15] == 200 and int(out.sum()) == 200
+
+
+def test_resize_keeps_content(real_data):
+    images, labels = load_splits(real_data)["test"]
+    batch = torch.from_numpy(images[:32].copy()).reshape(-1, 1, 28, 28)
+    big = Preprocess(224, MEAN, STD)(batch)
+    assert big.shape == (32, 1, 224, 224)
+    # Shrinking back recovers the normalised 28x28 image closely.
+    small = F.interpolate(big, size=(28, 28), mode="area")
+    original = (batch.float() / 255 - MEAN) / STD
+    assert (small - original).abs().mean() < 0.1
+    # Normalisation is right: the value range maps [0, 255] to [-mean/std, (1-mean)/std].
+    assert big.min() >= -MEAN / STD - 1e-4 and big.max() <= (1 - MEAN) / STD + 1e-4
+
+
+def test_eval_batches_cover_every_image_once_across_ranks(data):
+    pre = Preprocess(64, MEAN, STD)
+    seen = [lbl for r in range(3) for _, lbl in eval_batches(data, 100, pre, r, 3)]
+    assert sum(len(x) for x in seen) == len(data)
+
+
+def test_device_data_from_numpy_shapes():
+    images = np.zeros((5, 28, 28), np.uint8)
+    data = DeviceData.from_numpy(images, np.arange(5, dtype=np.uint8), "cpu")
+    assert data.images.shape == (5, 1, 28, 28) and data.labels.dtype == torch.int64
