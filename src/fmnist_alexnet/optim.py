@@ -1,0 +1,58 @@
+"""Optimizer and learning-rate schedule factories."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from fmnist_alexnet.config import TrainConfig
+
+ONECYCLE_START = 1 / 25  # one-cycle starts at lr/25 (torch's OneCycleLR div_factor)
+ONECYCLE_DEFAULT_WARMUP = 0.3  # fraction of the run when no --warmup-epochs is given
+
+
+def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    """Weight decay on weights only, not on biases (timm's and torchvision's default)."""
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [
+        {"params": decay, "weight_decay": config.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    # The fused kernels are one pass over the weights: on a 2-core CPU fused AdamW steps
+    # 57M parameters in 0.05 s instead of 0.35 s (the model's own step at 64 px is 0.3 s).
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=config.lr, fused=True)
+    return torch.optim.SGD(
+        groups,
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov and config.momentum > 0,
+        fused=True,
+    )
+
+
+def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
+    """The multiple of the peak learning rate at ``step`` (0-based)."""
+    if schedule == "onecycle":
+        warmup_steps = warmup_steps or round(ONECYCLE_DEFAULT_WARMUP * total_steps)
+        if step < warmup_steps:
+            return ONECYCLE_START + (1 - ONECYCLE_START) * step / warmup_steps
+    elif step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    total = config.epochs * steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, total, warmup, config.schedule)
+    )
