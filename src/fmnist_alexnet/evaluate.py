@@ -1,0 +1,100 @@
+"""Metrics: loss, accuracy, per-class accuracy and the confusion matrix."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fmnist_alexnet import checkpoint as ckpt
+from fmnist_alexnet.data import CLASS_NAMES
+from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, split_train_val
+from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.runtime import Distributed, autocast, resolve_device, resolve_precision
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: DeviceData,
+    preprocess: Preprocess,
+    batch_size: int,
+    autocast: AbstractContextManager,
+    num_classes: int = 10,
+    channels_last: bool = False,
+    dist: Distributed | None = None,
+) -> dict:
+    """Loss, accuracy and confusion matrix over all of ``data`` (summed across ranks)."""
+    dist = dist or Distributed()
+    was_training = model.training
+    model.eval()
+    device = data.labels.device
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    batches = eval_batches(data, batch_size, preprocess, dist.rank, dist.world_size, channels_last)
+    for inputs, labels in batches:
+        with autocast:
+            logits = model(inputs)
+        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
+        predictions = logits.argmax(1)
+        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
+    dist.all_reduce_sum(loss_sum)
+    dist.all_reduce_sum(confusion)
+    model.train(was_training)
+    confusion = confusion.view(num_classes, num_classes).cpu()
+    n = int(confusion.sum())
+    return {
+        "n": n,
+        "loss": float(loss_sum) / max(n, 1),
+        "accuracy": float(confusion.diagonal().sum()) / max(n, 1),
+        "confusion_matrix": confusion.tolist(),
+    }
+
+
+def per_class_accuracy(confusion: list[list[int]], class_names=CLASS_NAMES) -> dict[str, float]:
+    return {
+        name: (row[i] / sum(row) if sum(row) else 0.0)
+        for i, (name, row) in enumerate(zip(class_names, confusion, strict=True))
+    }
+
+
+def evaluate_checkpoint(
+    path, split: str = "test", data_dir=None, device_name: str = "auto", batch_size: int = 500
+) -> dict:
+    """Evaluate a checkpoint on the test set or on the validation split it was selected on."""
+    state = ckpt.load_checkpoint(path)
+    config = state["config"]
+    model = ckpt.model_from_checkpoint(state, path)
+    device = resolve_device(device_name)
+    precision = resolve_precision(config.get("precision", "auto"), device)
+    model = model.to(device).to(memory_format=torch.channels_last)
+    splits = load_splits(find_data(data_dir))
+    if split == "test":
+        data = DeviceData.from_numpy(*splits["test"], device)
+    else:
+        full = DeviceData.from_numpy(*splits["train"], device)
+        val_size = config.get("val_size", 0)
+        if not val_size:
+            raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")
+        _, val_idx = split_train_val(len(full), val_size, config.get("split_seed", 0))
+        data = full.subset(val_idx)
+    result = evaluate(
+        model,
+        data,
+        ckpt.preprocess_from_config(config),
+        batch_size,
+        autocast(device, precision),
+        config["num_classes"],
+        channels_last=True,
+    )
+    return {
+        "split": split,
+        "n": result["n"],
+        "accuracy": result["accuracy"],
+        "loss": result["loss"],
+        "per_class": per_class_accuracy(result["confusion_matrix"]),
+        "confusion_matrix": result["confusion_matrix"],
+    }

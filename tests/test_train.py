@@ -1,0 +1,152 @@
+"""Training on real data: it learns, it resumes exactly, it writes what it promises."""
+
+import json
+
+import pytest
+import torch
+
+from fmnist_alexnet import train as train_module
+from fmnist_alexnet.checkpoint import load_checkpoint
+from fmnist_alexnet.config import resolve
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.train import TrainingInterrupted, plan_run, train
+
+# Small and fast: 63 px, a few hundred images, fp32 (bit-exact on the CPU).
+TINY = dict(
+    image_size=63,
+    limit_train=256,
+    limit_eval=64,
+    batch_size=32,
+    epochs=2,
+    precision="fp32",
+    flip=True,
+    translate=2,
+    device="cpu",
+    progress=False,
+    eval_batch_size=64,
+)
+
+
+def tiny_config(out, **overrides):
+    return resolve("quick", {**TINY, "out": str(out), **overrides})
+
+
+def final_weights(run_dir):
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("straight")
+    train(tiny_config(out), log=lambda line: None)
+    return out
+
+
+def test_run_folder_contents(straight_run):
+    config = json.loads((straight_run / "config.json").read_text())
+    assert config["image_size"] == 63 and config["runtime"]["precision"] == "fp32"
+    rows = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    expected = {
+        "epoch",
+        "step",
+        "train_loss",
+        "train_acc",
+        "val_loss",
+        "val_acc",
+        "lr",
+        "images_per_sec",
+        "elapsed_s",
+    }
+    assert set(rows[0]) == expected
+    assert rows[1]["step"] == 2 * (256 // 32)
+    state = torch.load(straight_run / "checkpoints" / "best.pt", weights_only=True)
+    assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
+    for key in ("arch", "num_classes", "image_size", "mean", "std"):
+        assert key in state["config"]
+    test = json.loads((straight_run / "test_metrics.json").read_text())
+    assert test["n"] == 64 and 0 <= test["accuracy"] <= 1
+    assert not list((straight_run / "checkpoints").glob("*.tmp"))
+
+
+def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):
+    # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
+    # half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
+    schedule = {"schedule": "constant", "warmup_epochs": 0.5}
+    train(tiny_config(tmp_path / "straight", **schedule), log=lambda line: None)
+    train(tiny_config(tmp_path / "resumed", epochs=1, **schedule), log=lambda line: None)
+    config, state = plan_run(None, {"epochs": 2, "out": str(tmp_path / "resumed")}, "auto")
+    assert state["epoch"] == 1
+    train(config, state, log=lambda line: None)
+    assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight"))
+    tmp_path = tmp_path / "resumed"
+    rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
+
+
+def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(
+    straight_run, tmp_path, monkeypatch
+):
+    class StopAfterThreeSteps(train_module._StopOnSigint):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAfterThreeSteps.checks += 1
+            return StopAfterThreeSteps.checks == 11  # epoch 2, step 3
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    monkeypatch.setattr(train_module, "_StopOnSigint", StopAfterThreeSteps)
+    with pytest.raises(TrainingInterrupted, match="resume with: fmnist-alexnet train --resume"):
+        train(tiny_config(tmp_path), log=lambda line: None)
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert (saved["epoch"], saved["step"]) == (1, 11)
+    monkeypatch.undo()
+    config, state = plan_run(None, {}, str(tmp_path / "checkpoints" / "last.pt"))
+    result = train(config, state, log=lambda line: None)
+    assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
+    straight_rows = (straight_run / "metrics.jsonl").read_text().splitlines()
+    resumed_rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    for key in ("train_loss", "train_acc", "val_acc"):
+        assert [json.loads(r)[key] for r in resumed_rows] == pytest.approx(
+            [json.loads(r)[key] for r in straight_rows]
+        )
+    assert result.best_epoch in (1, 2)
+
+
+def test_resume_refuses_finished_run_and_other_arch(straight_run):
+    with pytest.raises(FmnistError, match="already trained 2 of 2 epochs"):
+        plan_run(None, {"out": str(straight_run)}, "auto")
+    with pytest.raises(FmnistError, match="--arch alexnet-paper differs"):
+        plan_run(None, {"out": str(straight_run), "arch": "alexnet-paper", "epochs": 3}, "auto")
+
+
+@pytest.mark.slow
+def test_learns_a_real_subset(tmp_path):
+    """3,000 real training images, 64 px, 3 epochs: well above the 10% of chance."""
+    config = resolve(
+        "quick",
+        {
+            "image_size": 64,
+            "limit_train": 3000,
+            "limit_eval": 1000,
+            "epochs": 3,
+            "batch_size": 64,
+            "lr": 2e-3,
+            "device": "cpu",
+            "progress": False,
+            "out": str(tmp_path),
+        },
+    )
+    result = train(config, log=lambda line: None)
+    assert result.test["n"] == 1000
+    assert result.test["accuracy"] > 0.70, result.test["accuracy"]
