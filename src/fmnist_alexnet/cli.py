@@ -1,0 +1,233 @@
+"""Command-line interface: parse, call, report. No logic lives here."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from fmnist_alexnet.config import PRESETS, TrainConfig
+from fmnist_alexnet.data import CLASS_NAMES
+from fmnist_alexnet.errors import FmnistError
+
+PROG = "fmnist-alexnet"
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse whose errors are one line on stderr and exit status 2."""
+
+    def error(self, message: str):
+        print(f"{PROG}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _train_arguments(p: argparse.ArgumentParser) -> None:
+    # Every run flag defaults to None: only flags the user gives override the preset.
+    p.add_argument("--preset", choices=list(PRESETS), help="named defaults (default: quick)")
+    p.add_argument(
+        "--resume",
+        metavar="PATH|auto",
+        help="continue from a checkpoint (auto: OUT/checkpoints/last.pt); "
+        "--epochs is then the total",
+    )
+    add = p.add_argument
+    add("--arch", choices=["alexnet", "alexnet-paper"])
+    add("--epochs", type=int)
+    add("--batch-size", type=int, help="global batch size (split across processes)")
+    add("--eval-batch-size", type=int)
+    add("--optimizer", choices=["sgd", "adamw"])
+    add("--lr", type=float, help="peak learning rate")
+    add("--momentum", type=float)
+    add("--nesterov", action=argparse.BooleanOptionalAction, default=None)
+    add("--weight-decay", type=float)
+    add("--schedule", choices=["constant", "cosine", "onecycle"])
+    add("--warmup-epochs", type=float)
+    add("--label-smoothing", type=float)
+    add("--grad-clip", type=float, help="max gradient norm (0: off)")
+    add("--image-size", type=int, help="input resolution in px (>= 63; default 224)")
+    add("--resize-mode", choices=["bilinear", "bicubic", "nearest"])
+    add(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="random horizontal flips",
+    )
+    add("--translate", type=int, help="random shift up to N pixels of the 28x28 image (0: off)")
+    add("--precision", choices=["auto", "bf16", "fp32"])
+    add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
+    add(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the model",
+    )
+    add("--device", choices=["auto", "cpu", "cuda"])
+    add("--seed", type=int)
+    add("--val-size", type=int, help="training images held out for model selection (5000)")
+    add("--split-seed", type=int)
+    add("--limit-train", type=int, metavar="N", help="train on the first N images only")
+    add("--limit-eval", type=int, metavar="N", help="validate and test on N images only")
+    add("--data-dir", help="folder with the four IDX files (.gz or raw)")
+    add("--out", help="run folder (default runs/<timestamp>-<preset>)")
+    add(
+        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog=PROG, description="AlexNet on Fashion-MNIST: train, evaluate, data.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train", help="train a model", description="Train AlexNet; presets: " + ", ".join(PRESETS)
+    )
+    _train_arguments(train)
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", choices=["test", "val"], default="test")
+    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    evaluate.add_argument("--batch-size", type=int, default=500)
+    evaluate.add_argument("--json", action="store_true", help="print one JSON object")
+
+    data = commands.add_parser("data", help="find, verify or download the dataset")
+    data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
+    info = data_commands.add_parser("info", help="which files are used; verify their SHA-256")
+    info.add_argument("--data-dir")
+    download = data_commands.add_parser("download", help="fetch the four files and verify them")
+    download.add_argument("--to", required=True, metavar="DIR")
+    download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
+    bench = commands.add_parser(
+        "bench", help="training images/s of the pipeline beside a bare model step loop"
+    )
+    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    bench.add_argument("--arch", choices=["alexnet", "alexnet-paper"], default="alexnet")
+    bench.add_argument("--image-size", type=int, default=224)
+    bench.add_argument("--batch-size", type=int, default=64)
+    bench.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
+    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--steps", type=int, default=5, help="steps per timing window")
+    bench.add_argument("--windows", type=int, default=3, help="timing windows (median taken)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument("--data-dir")
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "train":
+            return _train(args)
+        if args.command == "evaluate":
+            return _evaluate(args)
+        if args.command == "bench":
+            return _bench(args)
+        return _data(args)
+    except FmnistError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _train(args) -> int:
+    from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
+    from fmnist_alexnet.train import TrainingInterrupted, plan_run, summary_line, train
+
+    overrides = {
+        name: getattr(args, name)
+        for name in TrainConfig.__dataclass_fields__
+        if name != "preset" and getattr(args, name, None) is not None
+    }
+    config, resume_state = plan_run(args.preset, overrides, args.resume)
+    dist = init_distributed(config.device)
+    try:
+        result = train(config, resume_state, dist)
+    except TrainingInterrupted as exc:
+        print(exc, file=sys.stderr)
+        return 130
+    finally:
+        shutdown_distributed()
+    if dist.is_main:
+        print(summary_line(result))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from fmnist_alexnet.evaluate import evaluate_checkpoint
+
+    if args.batch_size <= 0:
+        raise FmnistError(f"--batch-size must be > 0, got {args.batch_size}")
+    result = evaluate_checkpoint(
+        args.checkpoint, args.split, args.data_dir, args.device, args.batch_size
+    )
+    if args.json:
+        keys = ("split", "n", "accuracy", "per_class", "confusion_matrix")
+        print(json.dumps({key: result[key] for key in keys}))
+        return 0
+    print(
+        f"{result['split']} accuracy {result['accuracy']:.4f} on {result['n']} images "
+        f"(loss {result['loss']:.4f})"
+    )
+    width = max(len(name) for name in CLASS_NAMES)
+    for name, accuracy in result["per_class"].items():
+        print(f"  {name:<{width}}  {accuracy:.4f}")
+    print("confusion matrix (rows: true class, columns: predicted):")
+    for name, row in zip(CLASS_NAMES, result["confusion_matrix"], strict=True):
+        print(f"  {name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
+    return 0
+
+
+def _data(args) -> int:
+    from fmnist_alexnet.data import sources
+
+    if args.data_command == "download":
+        mirror = args.mirror or sources.OFFICIAL_MIRROR
+        for name, what in sources.download(args.to, mirror):
+            print(f"{name}: {what}, SHA-256 verified")
+        print(f"ready: pass --data-dir {args.to} or set {sources.ENV_VAR}={args.to}")
+        return 0
+    source = sources.find_data(args.data_dir)
+    print(f"source: {source.origin} ({source.directory})")
+    checks = sources.verify(source)
+    for name, path in source.files.items():
+        print(f"  {name:<24} {'sha256 ok' if checks[name] else 'SHA-256 MISMATCH'}  {path}")
+    if not all(checks.values()):
+        bad = ", ".join(name for name, ok in checks.items() if not ok)
+        raise FmnistError(f"checksum mismatch for {bad}: these are not the published files")
+    splits = sources.load_splits(source)
+    print(f"train: {len(splits['train'][1])} images, test: {len(splits['test'][1])} images")
+    return 0
+
+
+def _bench(args) -> int:
+    from fmnist_alexnet.bench import bench_train
+
+    result = bench_train(
+        args.device,
+        args.image_size,
+        args.batch_size,
+        args.precision,
+        args.channels_last,
+        args.compile,
+        args.steps,
+        args.windows,
+        args.warmup,
+        args.data_dir,
+        args.arch,
+    )
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(
+        f"{result['device_name']}, {result['precision']}, {result['image_size']} px, "
+        f"batch {result['batch_size']}, torch {result['torch']}"
+    )
+    print(f"  pipeline training  {result['train_images_per_sec']:8.1f} img/s")
+    print(f"  bare step loop     {result['bare_train_images_per_sec']:8.1f} img/s")
+    print(f"  pipeline cost      {100 * result['pipeline_cost']:7.1f} %")
+    return 0

@@ -1,0 +1,208 @@
+"""The CLI end to end: user errors are one line and exit 2; train, evaluate, Ctrl-C."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from conftest import write_dataset
+
+from fmnist_alexnet.checkpoint import save_checkpoint
+from fmnist_alexnet.cli import main
+from fmnist_alexnet.config import TrainConfig
+from fmnist_alexnet.data import CLASS_NAMES, sources
+from fmnist_alexnet.model import build_model
+
+TINY = [
+    "--image-size",
+    "63",
+    "--limit-train",
+    "256",
+    "--limit-eval",
+    "64",
+    "--batch-size",
+    "32",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_user_error(capsys, argv, pattern):
+    try:
+        code, out, err = run_cli(capsys, *argv)
+    except SystemExit as exc:  # argparse
+        code, err = exc.code, capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("fmnist-alexnet: error: ")
+    assert "Traceback" not in err
+    assert pattern in lines[0], lines[0]
+
+
+@pytest.fixture
+def broken_data(tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    path = folder / "train-images-idx3-ubyte.gz"
+    path.write_bytes(path.read_bytes()[:-30])
+    return folder
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["train", "--epochs", "0"], "--epochs must be > 0"),
+        (["train", "--lr", "-1"], "--lr must be > 0"),
+        (["train", "--image-size", "62"], "the minimum is 63 px"),
+        (["train", "--arch", "alexnet-paper", "--image-size", "64"], "the minimum is 65 px"),
+        (["train", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
+        (["train", "--translate", "20"], "--translate must be at most 14"),
+        (["train", "--val-size", "60000"], "--val-size must be below 60000"),
+        (["train", "--preset", "fastest"], "invalid choice: 'fastest'"),
+        (["train", "--batch-size", "many"], "invalid int value: 'many'"),
+        (["train", "--resume", "auto"], "--resume auto needs --out DIR"),
+        (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found"),
+        (["evaluate", "/nonexistent/best.pt"], "checkpoint not found"),
+        (["evaluate", "x.pt", "--split", "train"], "invalid choice: 'train'"),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+    ],
+)
+def test_bad_values_are_one_line_and_exit_2(capsys, argv, pattern):
+    assert_user_error(capsys, argv, pattern)
+
+
+def test_no_data_found_names_the_fix(capsys, monkeypatch, tmp_path):
+    monkeypatch.setattr(sources, "DEBIAN_DIR", tmp_path / "none")
+    monkeypatch.setattr(sources, "TORCHVISION_ROOT", tmp_path / "none")
+    monkeypatch.delenv(sources.ENV_VAR, raising=False)
+    assert_user_error(capsys, ["data", "info"], "apt-get install dataset-fashion-mnist")
+    assert_user_error(
+        capsys, ["train", "--out", str(tmp_path / "r")], "fmnist-alexnet data download --to DIR"
+    )
+
+
+def test_empty_env_dir(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv(sources.ENV_VAR, str(tmp_path))
+    assert_user_error(capsys, ["data", "info"], "$FMNIST_DATA")
+
+
+def test_corrupt_file(capsys, broken_data, tmp_path):
+    argv = ["train", "--data-dir", str(broken_data), "--out", str(tmp_path / "r"), *TINY]
+    assert_user_error(capsys, argv, "train-images-idx3-ubyte.gz: truncated gzip data")
+
+
+def test_checksum_mismatch(capsys, tmp_path):
+    folder = write_dataset(tmp_path / "data")
+    assert_user_error(capsys, ["data", "info", "--data-dir", str(folder)], "checksum mismatch")
+
+
+def test_unwritable_output_folder(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    assert_user_error(capsys, ["train", "--out", str(blocker / "run"), *TINY], "cannot write")
+    assert blocker.read_text() == "not a folder"
+
+
+def test_download_to_unwritable_place(capsys, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    argv = ["data", "download", "--to", str(blocker / "d"), "--mirror", "http://127.0.0.1:9/"]
+    assert_user_error(capsys, argv, "cannot create folder")
+
+
+def test_checkpoint_of_another_architecture(capsys, tmp_path):
+    config = TrainConfig(arch="alexnet-paper").to_dict()
+    path = save_checkpoint(
+        tmp_path / "x.pt", {"model": build_model("alexnet").state_dict(), "config": config}
+    )
+    assert_user_error(capsys, ["evaluate", str(path)], "do not fit architecture")
+
+
+def test_data_info_on_real_data(capsys, real_data):
+    code, out, _ = run_cli(capsys, "data", "info")
+    assert code == 0
+    assert out.count("sha256 ok") == 4 and "train: 60000 images, test: 10000 images" in out
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "--out", str(out), "--epochs", "1", *TINY]) == 0
+    return out
+
+
+def test_train_then_evaluate_json(capsys, cli_run):
+    capsys.readouterr()
+    code, out, err = run_cli(capsys, "evaluate", str(cli_run / "checkpoints" / "best.pt"), "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert set(result) == {"split", "n", "accuracy", "per_class", "confusion_matrix"}
+    assert result["split"] == "test" and result["n"] == 10000
+    matrix = torch.tensor(result["confusion_matrix"])
+    assert matrix.shape == (10, 10) and int(matrix.sum()) == 10000
+    assert matrix.sum(1).tolist() == [1000] * 10  # 1,000 test images per class
+    assert result["accuracy"] == pytest.approx(float(matrix.trace()) / 10000)
+    assert list(result["per_class"]) == list(CLASS_NAMES)
+    for i, name in enumerate(CLASS_NAMES):
+        assert result["per_class"][name] == pytest.approx(matrix[i, i].item() / 1000)
+
+
+def test_evaluate_val_split_text(capsys, cli_run):
+    code, out, _ = run_cli(
+        capsys, "evaluate", str(cli_run / "checkpoints" / "last.pt"), "--split", "val"
+    )
+    assert code == 0
+    assert out.startswith("val accuracy ") and "on 5000 images" in out and "Ankle boot" in out
+
+
+def test_real_process_error_has_no_traceback(tmp_path):
+    env = {**os.environ, "FMNIST_DATA": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmnist_alexnet", "train"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "Traceback" not in proc.stderr
+
+
+def test_ctrl_c_saves_last_checkpoint_and_prints_resume_command(tmp_path):
+    out = tmp_path / "run"
+    argv = [
+        sys.executable,
+        "-m",
+        "fmnist_alexnet",
+        "train",
+        "--out",
+        str(out),
+        *TINY,
+        "--limit-train",
+        "4096",
+        "--epochs",
+        "1",
+    ]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().startswith("training alexnet")
+    time.sleep(4)  # well inside the 128-step epoch
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr
+    assert f"resume with: fmnist-alexnet train --resume {out}/checkpoints/last.pt" in stderr
+    state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 0 and 0 < state["step"] < 128
