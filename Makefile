@@ -1,0 +1,43 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+CLI    := $(BIN)/fmnist-alexnet
+
+.PHONY: setup data demo test lint clean
+
+setup: $(STAMP) data
+
+# torch is pinned by constraints.txt: 2.13.0 is a CPU build on this machine's disk,
+# an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -c constraints.txt torch
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+# The real dataset: Debian's package when we are root (its files land where the CLI looks
+# first), else the official mirror into ./data/FashionMNIST/raw (also looked in by default).
+data: $(STAMP)
+	@if $(CLI) data info >/dev/null 2>&1; then \
+		echo "Fashion-MNIST found and verified"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist; \
+	else \
+		$(CLI) data download --to data/FashionMNIST/raw; \
+	fi
+	@$(CLI) data info
+
+demo: setup
+	$(CLI) train --preset quick
+
+test: setup lint
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
