@@ -47,6 +47,11 @@ def autocast(device: torch.device, precision: str):
 
 
 def configure_backends(device: torch.device) -> None:
+    if device.type == "cpu":
+        # Late in a run about half of AdamW's moment estimates in the big linear layers are
+        # denormal floats, which x86 handles slowly: the quick preset's third epoch ran at
+        # 166 img/s against 230 in its first. Flushing them to zero costs no accuracy.
+        torch.set_flush_denormal(True)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
