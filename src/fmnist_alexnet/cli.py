@@ -32,6 +32,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     add = p.add_argument
     add("--arch", choices=["alexnet", "alexnet-paper"])
+    add("--dropout", type=float, help="dropout in the classifier (the seed's 0.5)")
     add("--epochs", type=int)
     add("--batch-size", type=int, help="global batch size (split across processes)")
     add("--eval-batch-size", type=int)
@@ -99,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--to", required=True, metavar="DIR")
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
     bench = commands.add_parser(
-        "bench", help="training images/s of the pipeline beside a bare model step loop"
+        "bench",
+        help="training images/s: our pipeline, a bare step loop and the seed's way, side by side",
     )
     bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     bench.add_argument("--arch", choices=["alexnet", "alexnet-paper"], default="alexnet")
@@ -107,10 +109,27 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--batch-size", type=int, default=64)
     bench.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
     bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    bench.add_argument("--compile", action="store_true")
+    bench.add_argument("--compile", action="store_true", help="torch.compile our model")
     bench.add_argument("--steps", type=int, default=5, help="steps per timing window")
     bench.add_argument("--windows", type=int, default=3, help="timing windows (median taken)")
     bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument(
+        "--baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time the seed-style DataLoader + PIL baseline",
+    )
+    bench.add_argument(
+        "--baseline-workers",
+        type=int,
+        default=4,
+        help="DataLoader workers of the baseline (the seed used 4)",
+    )
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="also break a step into data, forward, backward, optimizer",
+    )
     bench.add_argument("--data-dir")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
@@ -205,9 +224,9 @@ def _data(args) -> int:
 
 
 def _bench(args) -> int:
-    from fmnist_alexnet.bench import bench_train
+    from fmnist_alexnet.bench import bench
 
-    result = bench_train(
+    result = bench(
         args.device,
         args.image_size,
         args.batch_size,
@@ -219,15 +238,30 @@ def _bench(args) -> int:
         args.warmup,
         args.data_dir,
         args.arch,
+        args.baseline,
+        args.baseline_workers,
+        args.profile,
     )
     if args.json:
         print(json.dumps(result))
         return 0
     print(
-        f"{result['device_name']}, {result['precision']}, {result['image_size']} px, "
-        f"batch {result['batch_size']}, torch {result['torch']}"
+        f"{result['device_name']}: {result['arch']}, {result['precision']}, "
+        f"{result['image_size']} px, batch {result['batch_size']}, torch {result['torch']}, "
+        f"median of {result['windows']} windows of {result['steps_per_window']} steps"
     )
-    print(f"  pipeline training  {result['train_images_per_sec']:8.1f} img/s")
-    print(f"  bare step loop     {result['bare_train_images_per_sec']:8.1f} img/s")
-    print(f"  pipeline cost      {100 * result['pipeline_cost']:7.1f} %")
+    print(f"  train, our pipeline     {result['train_images_per_sec']:9.1f} img/s")
+    print(
+        f"  train, bare step loop   {result['bare_train_images_per_sec']:9.1f} img/s  "
+        f"(pipeline cost {100 * result['pipeline_cost']:.1f} %)"
+    )
+    if result["baseline_train_images_per_sec"] is not None:
+        print(
+            f"  train, seed-style       {result['baseline_train_images_per_sec']:9.1f} img/s  "
+            f"(ours is {result['speedup_vs_baseline']:.2f}x)"
+        )
+    print(f"  evaluation              {result['eval_images_per_sec']:9.1f} img/s")
+    print(f"  peak memory             {result['peak_memory_mb']:9.0f} MB")
+    for phase, ms in result.get("profile_ms_per_step", {}).items():
+        print(f"  {phase:<22}  {ms:9.1f} ms/step")
     return 0

@@ -15,6 +15,7 @@ class TrainConfig:
     preset: str = "quick"
     arch: str = "alexnet"
     num_classes: int = 10
+    dropout: float = 0.5  # the seed's nn.Dropout() in the classifier
     epochs: int = 10
     batch_size: int = 128  # global batch, split across ranks
     eval_batch_size: int = 500
@@ -170,6 +171,8 @@ def validate(config: TrainConfig) -> None:
     for name in _NON_NEGATIVE:
         if not getattr(config, name) >= 0:
             raise FmnistError(f"{_FLAG[name]} must be >= 0, got {getattr(config, name)}")
+    if not 0.0 <= config.dropout < 1.0:
+        raise FmnistError(f"--dropout must be in [0, 1), got {config.dropout}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise FmnistError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
     if config.translate > 14:

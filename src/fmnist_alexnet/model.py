@@ -20,7 +20,7 @@ class AlexNet(nn.Module):
     independent of the input size (>= 63 px).
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 64, kernel_size=11, stride=4, padding=2),
@@ -38,7 +38,7 @@ class AlexNet(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-        self.classifier = _classifier(256 * 6 * 6, num_classes)
+        self.classifier = _classifier(256 * 6 * 6, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -54,7 +54,7 @@ class AlexNetPaper(nn.Module):
     ``AdaptiveAvgPool2d((5, 5))`` keeps exactly that at 224 px and lets other sizes work too.
     """
 
-    def __init__(self, num_classes: int = 10) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1),
@@ -72,7 +72,7 @@ class AlexNetPaper(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((5, 5))
-        self.classifier = _classifier(256 * 5 * 5, num_classes)
+        self.classifier = _classifier(256 * 5 * 5, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -81,23 +81,25 @@ class AlexNetPaper(nn.Module):
         return self.classifier(x)
 
 
-def _classifier(in_features: int, num_classes: int) -> nn.Sequential:
+def _classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
     return nn.Sequential(
-        nn.Dropout(),
+        nn.Dropout(dropout),
         nn.Linear(in_features, 4096),
         nn.ReLU(inplace=True),
-        nn.Dropout(),
+        nn.Dropout(dropout),
         nn.Linear(4096, 4096),
         nn.ReLU(inplace=True),
         nn.Linear(4096, num_classes),
     )
 
 
-def build_model(arch: str, num_classes: int = 10) -> nn.Module:
+def build_model(arch: str, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
+    """``dropout`` is the seed's 0.5 unless changed; it has no weights, so checkpoints load
+    into a model of any dropout."""
     if arch == "alexnet":
-        return AlexNet(num_classes)
+        return AlexNet(num_classes, dropout)
     if arch == "alexnet-paper":
-        return AlexNetPaper(num_classes)
+        return AlexNetPaper(num_classes, dropout)
     raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 

@@ -57,9 +57,10 @@ def train(
     config: TrainConfig,
     resume_state: dict | None = None,
     dist: Distributed | None = None,
-    log=print,
+    log=None,
 ) -> TrainResult:
     dist = dist or Distributed()
+    log = log or _print_now
     started = time.perf_counter()
     device = resolve_device(config.device, dist.local_rank)
     precision = resolve_precision(config.precision, device)
@@ -94,7 +95,10 @@ def train(
 
     # Model, optimizer, schedule.
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.num_classes).to(device)
+    model = build_model(config.arch, config.num_classes, config.dropout).to(device)
+    # Every rank starts from the same weights (DDP also broadcasts them); dropout then
+    # draws differently on each rank, and rank 0 exactly as a single process would.
+    torch.manual_seed(config.seed + dist.rank)
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
@@ -102,14 +106,14 @@ def train(
     state = TrainState()
     if resume_state is not None:
         state = TrainState.restore(resume_state, model, optimizer, scheduler, device)
+        if dist.rank > 0:  # the checkpoint holds rank 0's RNG; others need streams of their own
+            torch.manual_seed(config.seed + dist.rank + 1_000_003 * state.step)
         run.truncate_metrics(after_epoch=state.epoch)
-    step_model = model
+    step_model = torch.compile(model) if config.compile else model
     if dist.enabled:
         step_model = DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None
+            step_model, device_ids=[device.index] if device.type == "cuda" else None
         )
-    if config.compile:
-        step_model = torch.compile(step_model)
     amp = autocast(device, precision)
     run.write_config(
         config,
@@ -371,6 +375,10 @@ class _StopOnSigint:
     def __exit__(self, *exc) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+def _print_now(line: str) -> None:
+    print(line, flush=True)  # progress lines reach a pipe or `tee` as they happen
 
 
 def _epoch_line(row: dict, epochs: int) -> str:

@@ -27,8 +27,7 @@ class DeviceData:
     @classmethod
     def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
         return cls(
-            torch.from_numpy(images.copy()).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE)
-            .to(device),
+            torch.from_numpy(images.copy()).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE).to(device),
             torch.from_numpy(labels.astype(np.int64)).to(device),
         )
 
@@ -40,7 +39,9 @@ class DeviceData:
         return DeviceData(self.images[indices], self.labels[indices])
 
 
-def split_train_val(n: int, val_size: int, split_seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def split_train_val(
+    n: int, val_size: int, split_seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Hold ``val_size`` images out of the training set, the same ones for every run seed."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
@@ -68,7 +69,9 @@ class Preprocess:
         x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
         if self.image_size != x.shape[-1]:
             x = F.interpolate(
-                x, size=(self.image_size, self.image_size), mode=self.resize_mode,
+                x,
+                size=(self.image_size, self.image_size),
+                mode=self.resize_mode,
                 **({} if self.resize_mode == "nearest" else {"align_corners": False}),
             )
         if channels_last:
