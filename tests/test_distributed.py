@@ -1,0 +1,96 @@
+"""torchrun/DDP on the CPU with Gloo: same weights as one process, one metrics file."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from fmnist_alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+
+TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+# Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
+DETERMINISTIC = [
+    "--image-size",
+    "63",
+    "--limit-train",
+    "256",
+    "--limit-eval",
+    "64",
+    "--batch-size",
+    "32",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+    "--dropout",
+    "0",
+    "--no-flip",
+    "--translate",
+    "0",
+    "--optimizer",
+    "sgd",
+    "--lr",
+    "0.01",
+    "--momentum",
+    "0.9",
+    "--schedule",
+    "cosine",
+    "--epochs",
+    "2",
+]
+
+
+def run(argv, env_extra=None, nproc=None):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    if nproc:
+        command = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "fmnist_alexnet"]
+    else:
+        command = [sys.executable, "-m", "fmnist_alexnet"]
+    proc = subprocess.run(command + argv, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ddp")
+    single = run(["train", "--out", str(root / "single"), *DETERMINISTIC])
+    double = run(["train", "--out", str(root / "ddp"), *DETERMINISTIC], nproc=2)
+    return root, single, double
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed beside this Python")
+def test_two_gloo_ranks_end_with_the_weights_of_one_process(runs):
+    root, _, _ = runs
+    single = torch.load(root / "single/checkpoints/last.pt", weights_only=True)
+    double = torch.load(root / "ddp/checkpoints/last.pt", weights_only=True)
+    assert double["config"]["batch_size"] == 32 and double["step"] == single["step"] == 16
+    assert set(double["model"]) == set(single["model"])  # no "module." prefix
+    worst = max(
+        (double["model"][k] - single["model"][k]).abs().max().item() for k in single["model"]
+    )
+    assert worst < 1e-5, worst
+    # A checkpoint of the DDP run loads into a plain single-process model.
+    path = root / "ddp/checkpoints/best.pt"
+    model = model_from_checkpoint(load_checkpoint(path), path)
+    assert torch.equal(
+        model.features[0].weight, torch.load(path, weights_only=True)["model"]["features.0.weight"]
+    )
+
+
+@pytest.mark.skipif(TORCHRUN is None, reason="torchrun not installed beside this Python")
+def test_only_rank_zero_writes_one_metrics_line_per_epoch(runs):
+    root, single, double = runs
+    rows = [json.loads(x) for x in (root / "ddp/metrics.jsonl").read_text().splitlines()]
+    assert [row["epoch"] for row in rows] == [1, 2]
+    config = json.loads((root / "ddp/config.json").read_text())
+    assert config["runtime"]["world_size"] == 2
+    # Validation and test metrics are all-reduced: they equal the single process's.
+    single_rows = [json.loads(x) for x in (root / "single/metrics.jsonl").read_text().splitlines()]
+    assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in single_rows]
+    assert double.stdout.count("test accuracy") == 1
