@@ -89,17 +89,20 @@ PRESETS: dict[str, dict] = {
     ),
     # For a 2-core CPU: low resolution, one-cycle AdamW, a couple of epochs.
     "quick": dict(
+        # From 1-epoch probes on the validation split (the commit that set this lists them):
+        # less regularisation wins in a 3-epoch budget; lr 1e-3 beat 5e-4 and 2e-3;
+        # batch 128 beat 64 (as accurate, 38% more images/s); fp32 is as fast as bf16 at 64 px.
         epochs=3,
         optimizer="adamw",
         lr=1e-3,
-        weight_decay=0.05,
+        weight_decay=0.01,
         batch_size=128,
         schedule="onecycle",
         warmup_epochs=0.3,
-        label_smoothing=0.1,
+        label_smoothing=0.0,
         image_size=64,
         flip=True,
-        translate=2,
+        translate=0,
         precision="fp32",
     ),
     # Maximum accuracy on a GPU at the seed's 224 px (tuned further in the accuracy issue).
