@@ -46,6 +46,21 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+def device_name(device: torch.device) -> str:
+    """What a person would call the device: the GPU's name, or the CPU model and cores."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+    except OSError:
+        pass
+    return f"cpu ({os.cpu_count()} cores)"
+
+
 def configure_backends(device: torch.device) -> None:
     if device.type == "cpu":
         # Late in a run about half of AdamW's moment estimates in the big linear layers are

@@ -33,6 +33,7 @@ from fmnist_alexnet.runtime import (
     Distributed,
     autocast,
     configure_backends,
+    device_name,
     resolve_device,
     resolve_precision,
 )
@@ -119,6 +120,7 @@ def train(
         config,
         {
             "device": str(device),
+            "device_name": device_name(device),
             "precision": precision,
             "world_size": dist.world_size,
             "torch": torch.__version__,

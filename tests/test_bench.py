@@ -1,0 +1,67 @@
+import json
+
+import pytest
+
+from fmnist_alexnet.cli import main
+
+KEYS = {
+    "train_images_per_sec",
+    "baseline_train_images_per_sec",
+    "eval_images_per_sec",
+    "peak_memory_mb",
+    "device",
+    "precision",
+    "image_size",
+    "batch_size",
+    "torch",
+    "bare_train_images_per_sec",
+    "pipeline_cost",
+    "speedup_vs_baseline",
+}
+
+
+def test_bench_json_has_every_figure(capsys):
+    argv = [
+        "bench",
+        "--device",
+        "cpu",
+        "--image-size",
+        "63",
+        "--batch-size",
+        "8",
+        "--steps",
+        "2",
+        "--windows",
+        "2",
+        "--warmup",
+        "1",
+        "--precision",
+        "fp32",
+        "--baseline-workers",
+        "1",
+        "--profile",
+        "--json",
+    ]
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= KEYS
+    assert (result["device"], result["precision"], result["image_size"]) == ("cpu", "fp32", 63)
+    for key in (
+        "train_images_per_sec",
+        "bare_train_images_per_sec",
+        "baseline_train_images_per_sec",
+        "eval_images_per_sec",
+        "peak_memory_mb",
+    ):
+        assert result[key] > 0, key
+    assert result["speedup_vs_baseline"] == pytest.approx(
+        result["train_images_per_sec"] / result["baseline_train_images_per_sec"]
+    )
+    assert set(result["profile_ms_per_step"]) == {"data", "forward", "backward", "optimizer"}
+    assert all(ms > 0 for ms in result["profile_ms_per_step"].values())
+
+
+def test_bench_rejects_bad_values(capsys):
+    assert main(["bench", "--steps", "0"]) == 2
+    assert "--steps must be > 0" in capsys.readouterr().err
+    assert main(["bench", "--image-size", "40"]) == 2
