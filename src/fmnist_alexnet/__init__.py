@@ -2,6 +2,17 @@
 
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import AlexNet, AlexNetPaper, build_model
+from fmnist_alexnet.predict import LoadedModel, load_model, predict_images, prepare_image
 
 __version__ = "0.1.0"
-__all__ = ["AlexNet", "AlexNetPaper", "FmnistError", "build_model", "__version__"]
+__all__ = [
+    "AlexNet",
+    "AlexNetPaper",
+    "FmnistError",
+    "LoadedModel",
+    "build_model",
+    "load_model",
+    "predict_images",
+    "prepare_image",
+    "__version__",
+]

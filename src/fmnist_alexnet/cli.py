@@ -73,6 +73,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     add(
         "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
     )
+    p.add_argument(
+        "--no-report",
+        dest="report",
+        action="store_false",
+        help="skip the plots and model card written when training ends",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +105,34 @@ def build_parser() -> argparse.ArgumentParser:
     download = data_commands.add_parser("download", help="fetch the four files and verify them")
     download.add_argument("--to", required=True, metavar="DIR")
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
+    report = commands.add_parser("report", help="plots and a model card for a run folder")
+    report.add_argument("run_dir")
+    report.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    report.add_argument("--data-dir")
+
+    predict = commands.add_parser("predict", help="classify your own image files")
+    predict.add_argument("model", help="a checkpoint (.pt), or an .onnx file with --engine onnx")
+    predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
+    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument(
+        "--invert",
+        choices=["auto", "yes", "no"],
+        default="auto",
+        help="negate to light-on-black (auto: when the border is light)",
+    )
+    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    predict.add_argument("--batch-size", type=int, default=64)
+    output = predict.add_mutually_exclusive_group()
+    output.add_argument("--json", action="store_true", help="print one JSON array")
+    output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
+
+    export = commands.add_parser("export", help="ONNX, TorchScript or safetensors, checked")
+    export.add_argument("checkpoint")
+    export.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    export.add_argument("--out", required=True)
+    export.add_argument("--data-dir")
+
     bench = commands.add_parser(
         "bench",
         help="training images/s: our pipeline, a bare step loop and the seed's way, side by side",
@@ -144,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             return _evaluate(args)
         if args.command == "bench":
             return _bench(args)
+        if args.command == "report":
+            return _report(args)
+        if args.command == "predict":
+            return _predict(args)
+        if args.command == "export":
+            return _export(args)
         return _data(args)
     except FmnistError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
@@ -172,8 +212,24 @@ def _train(args) -> int:
     finally:
         shutdown_distributed()
     if dist.is_main:
-        print(summary_line(result))
+        print(summary_line(result), flush=True)
+        if args.report:
+            _report_after_training(result.out, config)
     return 0
+
+
+def _report_after_training(run_dir, config) -> None:
+    try:
+        from fmnist_alexnet.report import write_report
+
+        write_report(run_dir, config.device, config.data_dir)
+    except ImportError as exc:
+        print(
+            f"no report: {exc.name} is not installed (pip install 'fmnist-alexnet[report]'), "
+            f"then: fmnist-alexnet report {run_dir}"
+        )
+    else:
+        print(f"report: {run_dir}/report.md")
 
 
 def _evaluate(args) -> int:
@@ -264,4 +320,66 @@ def _bench(args) -> int:
     print(f"  peak memory             {result['peak_memory_mb']:9.0f} MB")
     for phase, ms in result.get("profile_ms_per_step", {}).items():
         print(f"  {phase:<22}  {ms:9.1f} ms/step")
+    return 0
+
+
+def _report(args) -> int:
+    from fmnist_alexnet.report import write_report
+
+    for path in write_report(args.run_dir, args.device, args.data_dir):
+        print(f"wrote {path}")
+    return 0
+
+
+def _predict(args) -> int:
+    from fmnist_alexnet import predict
+
+    if args.engine == "onnx":
+        from fmnist_alexnet.export import onnx_logits_fn
+
+        logits_fn = onnx_logits_fn(args.model)
+    else:
+        logits_fn = predict.load_model(args.model, args.device).logits
+    results = predict.predict_with(logits_fn, args.paths, args.top_k, args.invert, args.batch_size)
+    if not results:
+        raise FmnistError("no image files found in " + " ".join(args.paths))
+    if args.json:
+        print(json.dumps(results, indent=1))
+    elif args.csv:
+        print("path,rank,label,class,prob,error")
+        for row in results:
+            for rank, top in enumerate(row.get("top", []), 1):
+                print(
+                    f"{_csv(row['path'])},{rank},{top['label']},{_csv(top['class'])},"
+                    f"{top['prob']:.6f},"
+                )
+            if "error" in row:
+                print(f"{_csv(row['path'])},,,,,{_csv(row['error'])}")
+    else:
+        for row in results:
+            if "error" in row:
+                print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
+                continue
+            tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top"])
+            print(f"{row['path']}: {tops}")
+    return 1 if any("error" in row for row in results) else 0
+
+
+def _csv(text: str) -> str:
+    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+
+
+def _export(args) -> int:
+    from fmnist_alexnet.export import export
+
+    result = export(args.checkpoint, args.format, args.out, args.data_dir)
+    print(
+        f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['format']}); "
+        f"input {result['input']}"
+    )
+    print(
+        f"checked on {result['images']} real test images against PyTorch: largest logit "
+        f"difference {result['max_abs_logit_diff']:.3g}, top-1 agreement "
+        f"{100 * result['top1_agreement']:.2f} %"
+    )
     return 0

@@ -1,0 +1,202 @@
+"""People's own image files -> Fashion-MNIST-style 28x28 -> the checkpoint's own preprocessing
+-> model -> top-k.
+
+Fashion-MNIST was made from product photos by trimming the background, scaling the longest
+edge to 28, centring on 28x28, negating (light objects on black) and converting to 8-bit
+grayscale. ``prepare_image`` does the same to a user's file, so a photo of a garment on a
+white background lands where the model expects it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fmnist_alexnet import checkpoint as ckpt
+from fmnist_alexnet.data import CLASS_NAMES
+from fmnist_alexnet.data.batches import IMAGE_SIDE, Preprocess
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.runtime import autocast, resolve_device, resolve_precision
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
+MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded
+MAX_SIDE = 20_000
+
+
+class ImageError(FmnistError):
+    """One file could not be turned into an input; the others still are."""
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    config: dict
+    preprocess: Preprocess
+    device: torch.device
+    precision: str
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
+        inputs = self.preprocess(images.to(self.device), channels_last=True)
+        with autocast(self.device, self.precision):
+            return self.model(inputs).float()
+
+
+def load_model(path, device: str = "auto") -> LoadedModel:
+    """A checkpoint ready for inference, with the preprocessing it was trained with."""
+    state = ckpt.load_checkpoint(path)
+    device_ = resolve_device(device)
+    model = ckpt.model_from_checkpoint(state, path).to(device_)
+    model = model.to(memory_format=torch.channels_last).eval()
+    precision = resolve_precision(state["config"].get("precision", "auto"), device_)
+    preprocess = ckpt.preprocess_from_config(state["config"])
+    return LoadedModel(model, state["config"], preprocess, device_, precision)
+
+
+def find_images(paths) -> list[Path]:
+    """Files as given; folders searched recursively for image files, sorted."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+        else:
+            found.append(path)
+    return found
+
+
+def prepare_image(path, invert: str = "auto") -> np.ndarray:
+    """One image file -> uint8 [28, 28], light object on black, as in Fashion-MNIST."""
+    gray = _read_grayscale(Path(path))  # float in [0, 1]
+    if invert == "yes" or (invert == "auto" and _border_is_light(gray)):
+        gray = 1.0 - gray
+    if gray.shape != (IMAGE_SIDE, IMAGE_SIDE):  # a 28x28 image keeps its framing
+        gray = _fit_to_square(_trim(gray), IMAGE_SIDE)
+    return np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
+
+
+def predict_images(
+    loaded: LoadedModel, paths, top_k: int = 3, invert: str = "auto", batch_size: int = 64
+) -> list[dict]:
+    """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``."""
+    return predict_with(loaded.logits, paths, top_k, invert, batch_size)
+
+
+def predict_with(logits_fn, paths, top_k: int, invert: str, batch_size: int) -> list[dict]:
+    """Prepare every file, run ``logits_fn`` in batches, keep the order of ``paths``."""
+    if top_k < 1 or top_k > len(CLASS_NAMES):
+        raise FmnistError(f"--top-k must be in 1..{len(CLASS_NAMES)}, got {top_k}")
+    if batch_size < 1:
+        raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
+    results: list[dict] = []
+    ready: list[tuple[int, np.ndarray]] = []
+    for path in find_images(paths):
+        try:
+            ready.append((len(results), prepare_image(path, invert)))
+            results.append({"path": str(path)})
+        except ImageError as exc:
+            results.append({"path": str(path), "error": str(exc)})
+    for start in range(0, len(ready), batch_size):
+        chunk = ready[start : start + batch_size]
+        images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
+        probs = torch.softmax(logits_fn(images), dim=1)
+        top = probs.topk(top_k, dim=1)
+        for (index, _), values, labels in zip(chunk, top.values, top.indices, strict=True):
+            results[index]["top"] = [
+                {"label": int(label), "class": CLASS_NAMES[int(label)], "prob": float(value)}
+                for value, label in zip(values, labels, strict=True)
+            ]
+    return results
+
+
+def _read_grayscale(path: Path) -> np.ndarray:
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not path.exists():
+        raise ImageError(f"{path}: file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+            with Image.open(path) as image:
+                if image.width * image.height > MAX_PIXELS or max(image.size) > MAX_SIDE:
+                    raise ImageError(
+                        f"{path}: {image.width}x{image.height} is too large to be a photo "
+                        f"(limit {MAX_PIXELS:,} pixels)"
+                    )
+                image.seek(0)  # first frame of a GIF or multi-page TIFF
+                image.load()
+                image = ImageOps.exif_transpose(image) or image
+                return _to_gray_array(image)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise ImageError(
+            f"{path}: too large: refused as a possible decompression bomb "
+            f"(limit {MAX_PIXELS:,} pixels)"
+        ) from None
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file this tool can read") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise ImageError(f"{path}: cannot read the image ({exc})") from None
+
+
+def _to_gray_array(image) -> np.ndarray:
+    """Any PIL mode -> float grayscale in [0, 1], alpha flattened onto white."""
+    from PIL import Image
+
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "La", "RGBa", "PA"):
+        rgba = image.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        image = Image.alpha_composite(white, rgba).convert("L")
+    if image.mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        return np.asarray(image, dtype=np.float64) / 65535.0
+    if image.mode == "I":
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if values.max(initial=0) > 255 else 255.0
+        return np.clip(values / top, 0.0, 1.0)
+    if image.mode == "F":
+        values = np.asarray(image, dtype=np.float64)
+        top = 1.0 if values.max(initial=0) <= 1.0 else 255.0
+        return np.clip(values / top, 0.0, 1.0)
+    return np.asarray(image.convert("L"), dtype=np.float64) / 255.0
+
+
+def _border(gray: np.ndarray) -> np.ndarray:
+    return np.concatenate([gray[0], gray[-1], gray[1:-1, 0], gray[1:-1, -1]])
+
+
+def _border_is_light(gray: np.ndarray) -> bool:
+    return float(np.median(_border(gray))) > 0.5
+
+
+def _trim(gray: np.ndarray, threshold: float = 0.1) -> np.ndarray:
+    """Cut away the background border (the object is light on a dark background here)."""
+    background = float(np.median(_border(gray)))
+    mask = np.abs(gray - background) > threshold
+    if not mask.any():
+        return gray
+    rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    return gray[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+
+
+def _fit_to_square(gray: np.ndarray, side: int) -> np.ndarray:
+    """Scale the longest edge to ``side`` (antialiased) and centre on a black square."""
+    from PIL import Image
+
+    height, width = gray.shape
+    scale = side / max(height, width)
+    size = (max(1, round(width * scale)), max(1, round(height * scale)))
+    image = Image.fromarray(gray.astype(np.float32), mode="F").resize(size, Image.LANCZOS)
+    small = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    out = np.zeros((side, side))
+    top, left = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2
+    out[top : top + small.shape[0], left : left + small.shape[1]] = small
+    return out

@@ -1,0 +1,84 @@
+"""Reports have real pictures; exports agree with PyTorch on real test images."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fmnist_alexnet.cli import main
+from fmnist_alexnet.config import resolve
+from fmnist_alexnet.data.sources import load_splits
+from fmnist_alexnet.evaluate import evaluate_checkpoint
+from fmnist_alexnet.export import export, onnx_logits_fn
+from fmnist_alexnet.predict import load_model
+from fmnist_alexnet.report import reproduce_command
+from fmnist_alexnet.train import train
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report") / "run"
+    config = resolve(
+        "quick",
+        {
+            "image_size": 63,
+            "limit_train": 1024,
+            "limit_eval": 256,
+            "epochs": 2,
+            "batch_size": 64,
+            "device": "cpu",
+            "progress": False,
+            "out": str(out),
+            "lr": 5e-4,
+        },
+    )
+    train(config, log=lambda line: None)
+    return out
+
+
+def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
+    assert main(["report", str(run_dir), "--device", "cpu"]) == 0
+    for name in ("curves", "confusion_matrix", "samples", "mistakes"):
+        path = run_dir / f"{name}.png"
+        image = np.asarray(Image.open(path).convert("L"), dtype=float)
+        assert min(image.shape) > 300 and image.std() > 10, name  # a real picture, not blank
+        assert path.stat().st_size > 20_000, name
+    card = (run_dir / "report.md").read_text()
+    full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device_name="cpu")
+    assert f"Test accuracy {full_test['accuracy']:.4f}** on the official 10,000-image" in card
+    assert "57,029,322 parameters" in card and "![confusion matrix](confusion_matrix.png)" in card
+    assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
+    assert f"| Ankle boot | {full_test['per_class']['Ankle boot']:.4f} |" in card
+
+
+def test_reproduce_command_names_only_what_differs_from_the_preset():
+    config = resolve("quick", {"lr": 0.002, "flip": False, "out": "x"}).to_dict()
+    assert reproduce_command(config) == "fmnist-alexnet train --preset quick --lr 0.002 --no-flip"
+
+
+def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
+    assert main(["report", str(tmp_path)]) == 2
+    assert "not a finished run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+def test_export_agrees_with_pytorch_on_real_images(run_dir, tmp_path, fmt):
+    result = export(
+        run_dir / "checkpoints" / "best.pt", fmt, tmp_path / f"model.{fmt}", check_images=256
+    )
+    assert result["images"] == 256
+    assert result["top1_agreement"] == 1.0
+    assert result["max_abs_logit_diff"] < 1e-3
+
+
+def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
+    best = run_dir / "checkpoints" / "best.pt"
+    path = tmp_path / "m.onnx"
+    export(best, "onnx", path, check_images=8)
+    images = torch.from_numpy(load_splits(real_data)["test"][0][:64].copy())[:, None]
+    onnx_logits = onnx_logits_fn(path)(images)
+    torch_logits = load_model(best, "cpu").logits(images)
+    assert torch.equal(onnx_logits.argmax(1), torch_logits.argmax(1))
+    assert (onnx_logits - torch_logits).abs().max() < 1e-3
+    for batch in (1, 7):  # the batch axis is dynamic
+        assert onnx_logits_fn(path)(images[:batch]).shape == (batch, 10)
