@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from fmnist_alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from fmnist_alexnet.model import build_model
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 # Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
@@ -75,6 +76,11 @@ def test_two_gloo_ranks_end_with_the_weights_of_one_process(runs):
         (double["model"][k] - single["model"][k]).abs().max().item() for k in single["model"]
     )
     assert worst < 1e-5, worst
+    # ...and the weights really moved, so agreeing is not trivial.
+    torch.manual_seed(0)
+    init = build_model("alexnet", 10, 0.0).state_dict()
+    moved = max((single["model"][k] - init[k]).abs().max().item() for k in init)
+    assert moved > 100 * worst and moved > 1e-3, moved
     # A checkpoint of the DDP run loads into a plain single-process model.
     path = root / "ddp/checkpoints/best.pt"
     model = model_from_checkpoint(load_checkpoint(path), path)

@@ -122,6 +122,7 @@ def _write_onnx(model, example, contract) -> bytes:
             input_names=["input"],
             output_names=["logits"],
             dynamic_shapes={"x": {0: batch}},
+            verbose=False,
             dynamo=True,
             external_data=False,
         )
