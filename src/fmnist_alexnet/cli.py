@@ -11,6 +11,7 @@ from fmnist_alexnet.data import CLASS_NAMES
 from fmnist_alexnet.errors import FmnistError
 
 PROG = "fmnist-alexnet"
+PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -96,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data-dir")
     evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     evaluate.add_argument("--batch-size", type=int, default=500)
+    evaluate.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
     data = commands.add_parser("data", help="find, verify or download the dataset")
@@ -123,6 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     predict.add_argument("--batch-size", type=int, default=64)
+    predict.add_argument(
+        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP
+    )
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON array")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
@@ -238,7 +245,7 @@ def _evaluate(args) -> int:
     if args.batch_size <= 0:
         raise FmnistError(f"--batch-size must be > 0, got {args.batch_size}")
     result = evaluate_checkpoint(
-        args.checkpoint, args.split, args.data_dir, args.device, args.batch_size
+        args.checkpoint, args.split, args.data_dir, args.device, args.batch_size, args.precision
     )
     if args.json:
         keys = ("split", "n", "accuracy", "per_class", "confusion_matrix")
@@ -339,7 +346,7 @@ def _predict(args) -> int:
 
         logits_fn = onnx_logits_fn(args.model)
     else:
-        logits_fn = predict.load_model(args.model, args.device).logits
+        logits_fn = predict.load_model(args.model, args.device, args.precision).logits
     results = predict.predict_with(logits_fn, args.paths, args.top_k, args.invert, args.batch_size)
     if not results:
         raise FmnistError("no image files found in " + " ".join(args.paths))

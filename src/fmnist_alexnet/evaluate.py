@@ -62,14 +62,25 @@ def per_class_accuracy(confusion: list[list[int]], class_names=CLASS_NAMES) -> d
 
 
 def evaluate_checkpoint(
-    path, split: str = "test", data_dir=None, device_name: str = "auto", batch_size: int = 500
+    path,
+    split: str = "test",
+    data_dir=None,
+    device_name: str = "auto",
+    batch_size: int = 500,
+    precision: str = "auto",
 ) -> dict:
-    """Evaluate a checkpoint on the test set or on the validation split it was selected on."""
+    """Evaluate a checkpoint on the test set or on the validation split it was selected on.
+
+    ``precision="auto"`` evaluates in the precision the run trained with, as training's own
+    final test evaluation did; ``"fp32"`` or ``"bf16"`` override it.
+    """
     state = ckpt.load_checkpoint(path)
     config = state["config"]
     model = ckpt.model_from_checkpoint(state, path)
     device = resolve_device(device_name)
-    precision = resolve_precision(config.get("precision", "auto"), device)
+    if precision == "auto":
+        precision = config.get("precision", "auto")
+    precision = resolve_precision(precision, device)
     model = model.to(device).to(memory_format=torch.channels_last)
     splits = load_splits(find_data(data_dir))
     if split == "test":

@@ -48,13 +48,20 @@ class LoadedModel:
             return self.model(inputs).float()
 
 
-def load_model(path, device: str = "auto") -> LoadedModel:
-    """A checkpoint ready for inference, with the preprocessing it was trained with."""
+def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+    """A checkpoint ready for inference, with the preprocessing it was trained with.
+
+    ``precision="auto"`` runs in the precision the checkpoint was trained with, as resolved
+    on this device (bf16 autocast where native); ``"fp32"`` gives the exact float32 logits
+    that exported models are compared against.
+    """
     state = ckpt.load_checkpoint(path)
     device_ = resolve_device(device)
     model = ckpt.model_from_checkpoint(state, path).to(device_)
     model = model.to(memory_format=torch.channels_last).eval()
-    precision = resolve_precision(state["config"].get("precision", "auto"), device_)
+    if precision == "auto":
+        precision = state["config"].get("precision", "auto")
+    precision = resolve_precision(precision, device_)
     preprocess = ckpt.preprocess_from_config(state["config"])
     return LoadedModel(model, state["config"], preprocess, device_, precision)
 
