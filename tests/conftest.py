@@ -6,6 +6,23 @@ import pytest
 
 from fmnist_alexnet.data.sources import find_data
 
+# A tiny real run through the CLI: 63 px, 256 images, batches of 32, fp32 (bit-exact on CPU).
+TINY_ARGS = [
+    "--image-size",
+    "63",
+    "--limit-train",
+    "256",
+    "--limit-eval",
+    "64",
+    "--batch-size",
+    "32",
+    "--precision",
+    "fp32",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
+
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool | None = None) -> Path:
     """Write ``array`` (uint8) as an IDX file; gzip it when the name ends in .gz."""

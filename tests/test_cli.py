@@ -9,29 +9,13 @@ import time
 
 import pytest
 import torch
-from conftest import write_dataset
+from conftest import TINY_ARGS, write_dataset
 
 from fmnist_alexnet.checkpoint import save_checkpoint
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data import CLASS_NAMES, sources
 from fmnist_alexnet.model import build_model
-
-TINY = [
-    "--image-size",
-    "63",
-    "--limit-train",
-    "256",
-    "--limit-eval",
-    "64",
-    "--batch-size",
-    "32",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--no-progress",
-]
 
 
 def run_cli(capsys, *argv):
@@ -100,7 +84,7 @@ def test_empty_env_dir(capsys, monkeypatch, tmp_path):
 
 
 def test_corrupt_file(capsys, broken_data, tmp_path):
-    argv = ["train", "--data-dir", str(broken_data), "--out", str(tmp_path / "r"), *TINY]
+    argv = ["train", "--data-dir", str(broken_data), "--out", str(tmp_path / "r"), *TINY_ARGS]
     assert_user_error(capsys, argv, "train-images-idx3-ubyte.gz: truncated gzip data")
 
 
@@ -112,7 +96,7 @@ def test_checksum_mismatch(capsys, tmp_path):
 def test_unwritable_output_folder(capsys, tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
-    assert_user_error(capsys, ["train", "--out", str(blocker / "run"), *TINY], "cannot write")
+    assert_user_error(capsys, ["train", "--out", str(blocker / "run"), *TINY_ARGS], "cannot write")
     assert blocker.read_text() == "not a folder"
 
 
@@ -140,7 +124,7 @@ def test_data_info_on_real_data(capsys, real_data):
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    assert main(["train", "--out", str(out), "--epochs", "1", *TINY]) == 0
+    assert main(["train", "--out", str(out), "--epochs", "1", *TINY_ARGS]) == 0
     return out
 
 
@@ -190,7 +174,7 @@ def test_ctrl_c_saves_last_checkpoint_and_prints_resume_command(tmp_path):
         "train",
         "--out",
         str(out),
-        *TINY,
+        *TINY_ARGS,
         "--limit-train",
         "4096",
         "--epochs",

@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from conftest import TINY_ARGS
 
 from fmnist_alexnet.checkpoint import load_checkpoint, model_from_checkpoint
 from fmnist_alexnet.model import build_model
@@ -15,19 +16,7 @@ from fmnist_alexnet.model import build_model
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 # Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
 DETERMINISTIC = [
-    "--image-size",
-    "63",
-    "--limit-train",
-    "256",
-    "--limit-eval",
-    "64",
-    "--batch-size",
-    "32",
-    "--precision",
-    "fp32",
-    "--device",
-    "cpu",
-    "--no-progress",
+    *TINY_ARGS,
     "--dropout",
     "0",
     "--no-flip",

@@ -138,6 +138,18 @@ def train(
             f"{config.epochs} epochs of {steps} steps -> {run.path}"
         )
 
+    def evaluate_on(data: DeviceData) -> dict:
+        return evaluate(
+            model,
+            data,
+            preprocess,
+            config.eval_batch_size,
+            amp,
+            config.num_classes,
+            config.channels_last,
+            dist,
+        )
+
     def save_last() -> None:
         run.save_checkpoint("last.pt", state.snapshot(model, optimizer, scheduler, config))
 
@@ -197,16 +209,7 @@ def train(
             train_metrics = state.finish_epoch(dist)
             val = None
             if len(val_data):
-                val = evaluate(
-                    model,
-                    val_data,
-                    preprocess,
-                    config.eval_batch_size,
-                    amp,
-                    config.num_classes,
-                    config.channels_last,
-                    dist,
-                )
+                val = evaluate_on(val_data)
             is_best = state.update_best(val)
             state.elapsed_s += time.perf_counter() - started
             started = time.perf_counter()
@@ -232,16 +235,7 @@ def train(
     best_path = run.path / "checkpoints" / "best.pt"
     best_state = ckpt.load_checkpoint(best_path, map_location=device)
     ckpt.load_weights(model, best_state["model"], best_path, config.arch)
-    test = evaluate(
-        model,
-        test_data,
-        preprocess,
-        config.eval_batch_size,
-        amp,
-        config.num_classes,
-        config.channels_last,
-        dist,
-    )
+    test = evaluate_on(test_data)
     state.elapsed_s += time.perf_counter() - started
     history = run.read_metrics()
     image_rates = [row["images_per_sec"] for row in history]
