@@ -93,6 +93,34 @@ def test_translation_is_a_shift_with_black_padding():
     assert out[0, 0, 8, 15] == 200 and int(out.sum()) == 200
 
 
+def test_erasing_replaces_one_box_per_chosen_sample_with_noise():
+    images = torch.zeros(2000, 1, 28, 28, dtype=torch.uint8)
+    augment = Augment(erase=0.5)
+    draw = augment.draw(len(images), torch.Generator().manual_seed(0))
+    out = augment.apply(images, draw)
+    erased = draw.erase  # [B, 28, 28]
+    chosen = erased.flatten(1).any(1)
+    assert 0.45 < chosen.float().mean() < 0.55
+    # Exactly the boxed pixels changed (to noise, so nearly all of them are non-zero)...
+    assert torch.equal(out[:, 0] != 0, erased & (draw.noise[:, 0] != 0))
+    # ...and each box is a rectangle of 2-33% of the image.
+    for mask in erased[chosen][:200]:
+        rows, cols = mask.any(1), mask.any(0)
+        assert int(mask.sum()) == int(rows.sum()) * int(cols.sum())
+        assert 0.02 * 784 * 0.7 <= int(mask.sum()) <= 0.33 * 784 * 1.3
+    # Runs without erasing keep the flips and shifts they drew before erasing existed.
+    plain = Augment(flip=True, translate=2).draw(64, torch.Generator().manual_seed(3))
+    both = Augment(flip=True, translate=2, erase=0.5).draw(64, torch.Generator().manual_seed(3))
+    assert torch.equal(plain.flip, both.flip) and torch.equal(plain.shift, both.shift)
+
+
+def test_erasing_shards_like_the_other_draws(data):
+    augment = Augment(flip=True, erase=0.5)
+    whole = batches(data, 2, augment)
+    shards = [batches(data, 2, augment, rank=r, world_size=2) for r in range(2)]
+    assert torch.equal(torch.cat([s[0][0] for s in shards]), whole[0][0])
+
+
 def test_resize_keeps_content(real_data):
     images, labels = load_splits(real_data)["test"]
     batch = torch.from_numpy(images[:32].copy()).reshape(-1, 1, 28, 28)

@@ -41,6 +41,24 @@ def assert_same_weights(a, b):
         assert torch.equal(a[key], b[key]), key
 
 
+def stop_at_check(n):
+    """A stand-in for the Ctrl-C handler that asks to stop at the n-th check (one per step)."""
+
+    class StopAt(train_module._StopOnSigint):
+        checks = 0
+
+        @property
+        def requested(self):
+            StopAt.checks += 1
+            return StopAt.checks == n
+
+        @requested.setter
+        def requested(self, value):
+            pass
+
+    return StopAt
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("straight")
@@ -93,19 +111,7 @@ def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):
 def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(
     straight_run, tmp_path, monkeypatch
 ):
-    class StopAfterThreeSteps(train_module._StopOnSigint):
-        checks = 0
-
-        @property
-        def requested(self):
-            StopAfterThreeSteps.checks += 1
-            return StopAfterThreeSteps.checks == 11  # epoch 2, step 3
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    monkeypatch.setattr(train_module, "_StopOnSigint", StopAfterThreeSteps)
+    monkeypatch.setattr(train_module, "_StopOnSigint", stop_at_check(11))  # epoch 2, step 3
     with pytest.raises(TrainingInterrupted, match="resume with: fmnist-alexnet train --resume"):
         train(tiny_config(tmp_path), log=lambda line: None)
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")

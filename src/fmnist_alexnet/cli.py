@@ -46,6 +46,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     add("--warmup-epochs", type=float)
     add("--label-smoothing", type=float)
     add("--grad-clip", type=float, help="max gradient norm (0: off)")
+    add(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="evaluate and save an exponential moving average of the weights (0: off)",
+    )
     add("--image-size", type=int, help="input resolution in px (>= 63; default 224)")
     add("--resize-mode", choices=["bilinear", "bicubic", "nearest"])
     add(
@@ -55,6 +61,12 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="random horizontal flips",
     )
     add("--translate", type=int, help="random shift up to N pixels of the 28x28 image (0: off)")
+    add(
+        "--erase",
+        type=float,
+        metavar="P",
+        help="random erasing: with probability P a box (2-33%% of the image) becomes noise",
+    )
     add("--precision", choices=["auto", "bf16", "fp32"])
     add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
     add(

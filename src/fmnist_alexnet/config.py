@@ -28,12 +28,14 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
+    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
     image_size: int = 224
     resize_mode: str = "bilinear"
     mean: float = MEAN
     std: float = STD
     flip: bool = False
     translate: int = 0  # largest random shift, in pixels of the 28x28 image
+    erase: float = 0.0  # random-erasing probability per training image
     precision: str = "auto"  # auto | bf16 | fp32
     channels_last: bool = True
     compile: bool = False
@@ -56,7 +58,7 @@ class TrainConfig:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-_NO_AUGMENT = {"flip": False, "translate": 0}
+_NO_AUGMENT = {"flip": False, "translate": 0, "erase": 0.0}
 
 PRESETS: dict[str, dict] = {
     # The seed notebook with its bugs fixed (10 outputs, real cross-entropy).
@@ -179,6 +181,10 @@ def validate(config: TrainConfig) -> None:
         raise FmnistError(f"--dropout must be in [0, 1), got {config.dropout}")
     if not 0.0 <= config.label_smoothing < 1.0:
         raise FmnistError(f"--label-smoothing must be in [0, 1), got {config.label_smoothing}")
+    if not 0.0 <= config.ema < 1.0:
+        raise FmnistError(f"--ema must be a decay in [0, 1), e.g. 0.999; got {config.ema}")
+    if not 0.0 <= config.erase <= 1.0:
+        raise FmnistError(f"--erase must be a probability in [0, 1], got {config.erase}")
     if config.translate > 14:
         raise FmnistError(f"--translate must be at most 14 pixels, got {config.translate}")
     if config.val_size >= 60000:

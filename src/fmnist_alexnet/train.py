@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from fmnist_alexnet.data.batches import (
     train_batches,
 )
 from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.ema import WeightEma
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
 from fmnist_alexnet.model import build_model
@@ -92,7 +94,7 @@ def train(
             f"--batch-size {config.batch_size} is larger than the {len(train_data)} training images"
         )
     preprocess = Preprocess(config.image_size, config.mean, config.std, config.resize_mode)
-    augment = Augment(config.flip, config.translate)
+    augment = Augment(config.flip, config.translate, config.erase)
 
     # Model, optimizer, schedule.
     torch.manual_seed(config.seed)
@@ -104,9 +106,10 @@ def train(
         model = model.to(memory_format=torch.channels_last)
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps)
+    ema = WeightEma(model, config.ema) if config.ema else None
     state = TrainState()
     if resume_state is not None:
-        state = TrainState.restore(resume_state, model, optimizer, scheduler, device)
+        state = TrainState.restore(resume_state, model, optimizer, scheduler, ema, device)
         if dist.rank > 0:  # the checkpoint holds rank 0's RNG; others need streams of their own
             torch.manual_seed(config.seed + dist.rank + 1_000_003 * state.step)
         run.truncate_metrics(after_epoch=state.epoch)
@@ -138,20 +141,22 @@ def train(
             f"{config.epochs} epochs of {steps} steps -> {run.path}"
         )
 
-    def evaluate_on(data: DeviceData) -> dict:
-        return evaluate(
-            model,
-            data,
-            preprocess,
-            config.eval_batch_size,
-            amp,
-            config.num_classes,
-            config.channels_last,
-            dist,
-        )
+    def evaluate_on(data: DeviceData, averaged: bool = True) -> dict:
+        """Validation sees the EMA weights when they are on; the final test loads best.pt."""
+        with ema.applied(model) if ema and averaged else nullcontext():
+            return evaluate(
+                model,
+                data,
+                preprocess,
+                config.eval_batch_size,
+                amp,
+                config.num_classes,
+                config.channels_last,
+                dist,
+            )
 
     def save_last() -> None:
-        run.save_checkpoint("last.pt", state.snapshot(model, optimizer, scheduler, config))
+        run.save_checkpoint("last.pt", state.snapshot(model, optimizer, scheduler, ema, config))
 
     with _StopOnSigint() as stop:
         for epoch in range(state.epoch, config.epochs):
@@ -189,6 +194,8 @@ def train(
                     torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
                 optimizer.step()
                 scheduler.step()
+                if ema:
+                    ema.update(model)
                 state.record_step(loss.detach(), logits.detach(), labels)
                 images_this_run += len(labels) * dist.world_size
                 bar.update()
@@ -235,7 +242,7 @@ def train(
     best_path = run.path / "checkpoints" / "best.pt"
     best_state = ckpt.load_checkpoint(best_path, map_location=device)
     ckpt.load_weights(model, best_state["model"], best_path, config.arch)
-    test = evaluate_on(test_data)
+    test = evaluate_on(test_data, averaged=False)  # best.pt's model already is the average
     state.elapsed_s += time.perf_counter() - started
     history = run.read_metrics()
     image_rates = [row["images_per_sec"] for row in history]
@@ -313,9 +320,13 @@ class TrainState:
             return True
         return False
 
-    def snapshot(self, model, optimizer, scheduler, config: TrainConfig) -> dict:
+    def snapshot(self, model, optimizer, scheduler, ema: WeightEma | None, config) -> dict:
+        """``model`` holds the weights to evaluate (the average when EMA is on); the weights
+        being trained then travel as ``train_model`` for resuming."""
+        averaged = {"train_model": model.state_dict(), "ema_updates": ema.updates} if ema else {}
         return {
-            "model": model.state_dict(),
+            "model": ema.state_dict() if ema else model.state_dict(),
+            **averaged,
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "epoch": self.epoch,
@@ -332,9 +343,13 @@ class TrainState:
         }
 
     @classmethod
-    def restore(cls, saved: dict, model, optimizer, scheduler, device) -> TrainState:
+    def restore(cls, saved: dict, model, optimizer, scheduler, ema, device) -> TrainState:
         state = cls()
-        model.load_state_dict(saved["model"])
+        model.load_state_dict(saved.get("train_model", saved["model"]))
+        if ema is not None:
+            if "train_model" not in saved:
+                raise FmnistError("--ema: the checkpoint to resume was trained without EMA")
+            ema.load_state_dict(saved["model"], saved["ema_updates"])
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
         state.epoch, state.step = saved["epoch"], saved["step"]

@@ -9,6 +9,7 @@ every rank of a distributed run draws from the same global order and slices its 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -79,25 +80,40 @@ class Preprocess:
         return x
 
 
+ERASE_SCALE = (0.02, 0.33)  # area fraction of an erased box (torchvision's RandomErasing)
+ERASE_RATIO = (0.3, 3.3)  # its aspect ratio, drawn log-uniformly
+
+
 @dataclass(frozen=True)
 class AugmentDraw:
     flip: torch.Tensor  # bool [B]
     shift: torch.Tensor  # int64 [B, 2]: (dy, dx) in 28-px pixels
+    erase: torch.Tensor | None = None  # bool [B, 28, 28]: pixels replaced by noise
+    noise: torch.Tensor | None = None  # uint8 [B, 1, 28, 28]
 
     def shard(self, start: int, stop: int) -> AugmentDraw:
-        return AugmentDraw(self.flip[start:stop], self.shift[start:stop])
+        if self.erase is None:
+            return AugmentDraw(self.flip[start:stop], self.shift[start:stop])
+        return AugmentDraw(
+            self.flip[start:stop],
+            self.shift[start:stop],
+            self.erase[start:stop],
+            self.noise[start:stop],
+        )
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-sample random horizontal flip and translation (a zero-padded random crop), batched."""
+    """Per-sample random horizontal flip, translation (a zero-padded random crop) and random
+    erasing (a box of random noise, Zhong et al. 2017), batched."""
 
     flip: bool = False
     translate: int = 0  # largest shift in pixels of the 28x28 image
+    erase: float = 0.0  # probability that a sample gets an erased box
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.translate > 0
+        return self.flip or self.translate > 0 or self.erase > 0
 
     def draw(self, batch_size: int, gen: torch.Generator) -> AugmentDraw:
         device = gen.device
@@ -105,7 +121,29 @@ class Augment:
         shift = torch.randint(
             -self.translate, self.translate + 1, (batch_size, 2), generator=gen, device=device
         )
-        return AugmentDraw(flip, shift)
+        if self.erase <= 0:  # drawn last, so runs without erasing keep their flips and shifts
+            return AugmentDraw(flip, shift)
+        return AugmentDraw(flip, shift, *self._draw_erase(batch_size, gen))
+
+    def _draw_erase(self, batch_size: int, gen: torch.Generator):
+        device, side = gen.device, IMAGE_SIDE
+        u = torch.rand(batch_size, 5, generator=gen, device=device)
+        area = side * side * (ERASE_SCALE[0] + (ERASE_SCALE[1] - ERASE_SCALE[0]) * u[:, 0])
+        low, high = math.log(ERASE_RATIO[0]), math.log(ERASE_RATIO[1])
+        ratio = torch.exp(low + (high - low) * u[:, 1])
+        h = (area * ratio).sqrt().round().clamp(1, side).long()
+        w = (area / ratio).sqrt().round().clamp(1, side).long()
+        y = (u[:, 2] * (side - h + 1)).floor().long()
+        x = (u[:, 3] * (side - w + 1)).floor().long()
+        ramp = torch.arange(side, device=device)
+        rows = (ramp >= y[:, None]) & (ramp < (y + h)[:, None])
+        cols = (ramp >= x[:, None]) & (ramp < (x + w)[:, None])
+        chosen = u[:, 4] < self.erase
+        erase = rows[:, :, None] & cols[:, None, :] & chosen[:, None, None]
+        noise = torch.randint(
+            0, 256, (batch_size, 1, side, side), generator=gen, device=device, dtype=torch.uint8
+        )
+        return erase, noise
 
     def apply(self, images: torch.Tensor, draw: AugmentDraw) -> torch.Tensor:
         """``images``: uint8 [B, 1, 28, 28] -> augmented uint8 of the same shape."""
@@ -120,6 +158,8 @@ class Augment:
             images = padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         if self.flip:
             images = torch.where(draw.flip[:, None, None, None], images.flip(-1), images)
+        if draw.erase is not None:
+            images = torch.where(draw.erase[:, None], draw.noise, images)
         return images
 
 
