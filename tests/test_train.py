@@ -172,3 +172,20 @@ def test_learns_a_real_subset(tmp_path):
     result = train(config, log=lambda line: None)
     assert result.test["n"] == 1000
     assert result.test["accuracy"] > 0.70, result.test["accuracy"]
+
+
+def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_final_size(
+    tmp_path, monkeypatch
+):
+    sizes = []
+    real = train_module.train_batches
+
+    def recording(data, batch_size, preprocess, *args):
+        sizes.append(preprocess.image_size)
+        return real(data, batch_size, preprocess, *args)
+
+    monkeypatch.setattr(train_module, "train_batches", recording)
+    config = tiny_config(tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2)
+    train(config, log=lambda line: None)
+    assert sizes == [63, 63, 72]
+    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["config"]["image_size"] == 72

@@ -54,6 +54,8 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
     add("--image-size", type=int, help="input resolution in px (>= 63; default 224)")
     add("--resize-mode", choices=["bilinear", "bicubic", "nearest"])
+    add("--start-size", type=int, metavar="PX", help="progressive resizing: early resolution")
+    add("--start-epochs", type=int, metavar="N", help="train the first N epochs at --start-size")
     add(
         "--flip",
         action=argparse.BooleanOptionalAction,

@@ -29,7 +29,9 @@ class TrainConfig:
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    image_size: int = 224
+    image_size: int = 224  # the resolution of evaluation, export and the final epochs
+    start_size: int = 0  # progressive resizing: train the first start_epochs at this size
+    start_epochs: int = 0
     resize_mode: str = "bilinear"
     mean: float = MEAN
     std: float = STD
@@ -158,6 +160,8 @@ _NON_NEGATIVE = (
     "warmup_epochs",
     "grad_clip",
     "translate",
+    "start_size",
+    "start_epochs",
     "val_size",
     "limit_train",
     "limit_eval",
@@ -196,3 +200,12 @@ def validate(config: TrainConfig) -> None:
     if config.std <= 0:
         raise FmnistError(f"--std must be > 0, got {config.std}")
     check_image_size(config.arch, config.image_size)
+    if config.start_epochs:
+        if config.start_epochs >= config.epochs:
+            raise FmnistError(
+                f"--start-epochs {config.start_epochs} must be below --epochs {config.epochs} "
+                "(the last epochs train at --image-size)"
+            )
+        if not config.start_size:
+            raise FmnistError("--start-epochs needs --start-size (the early resolution)")
+        check_image_size(config.arch, config.start_size, flag="--start-size")

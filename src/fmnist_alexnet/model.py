@@ -103,11 +103,11 @@ def build_model(arch: str, num_classes: int = 10, dropout: float = 0.5) -> nn.Mo
     raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 
-def check_image_size(arch: str, image_size: int) -> None:
+def check_image_size(arch: str, image_size: int, flag: str = "--image-size") -> None:
     minimum = MIN_IMAGE_SIZE[arch]
     if image_size < minimum:
         raise FmnistError(
-            f"--image-size {image_size} is too small for {arch}: the minimum is {minimum} px "
+            f"{flag} {image_size} is too small for {arch}: the minimum is {minimum} px "
             "(smaller inputs collapse to an empty feature map)"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import signal
 import sys
 import time
@@ -96,6 +97,12 @@ def train(
     preprocess = Preprocess(config.image_size, config.mean, config.std, config.resize_mode)
     augment = Augment(config.flip, config.translate, config.erase)
 
+    def train_preprocess(epoch: int) -> Preprocess:
+        """Progressive resizing: the first ``start_epochs`` epochs train at ``start_size``."""
+        if epoch < config.start_epochs:
+            return dataclasses.replace(preprocess, image_size=config.start_size)
+        return preprocess
+
     # Model, optimizer, schedule.
     torch.manual_seed(config.seed)
     model = build_model(config.arch, config.num_classes, config.dropout).to(device)
@@ -137,7 +144,7 @@ def train(
     if dist.is_main:
         log(
             f"training {config.arch} ({config.preset} preset) on {device} in {precision}, "
-            f"{config.image_size} px, {len(train_data)} train / {len(val_data)} val images, "
+            f"{_sizes(config)}, {len(train_data)} train / {len(val_data)} val images, "
             f"{config.epochs} epochs of {steps} steps -> {run.path}"
         )
 
@@ -174,7 +181,7 @@ def train(
             batches = train_batches(
                 train_data,
                 config.batch_size,
-                preprocess,
+                train_preprocess(epoch),
                 augment,
                 config.seed,
                 epoch,
@@ -403,6 +410,12 @@ def _epoch_line(row: dict, epochs: int) -> str:
         f"acc {row['train_acc']:.4f} | {val} | lr {row['lr']:.2e} | "
         f"{row['images_per_sec']:.0f} img/s | {row['elapsed_s']:.0f} s"
     )
+
+
+def _sizes(config: TrainConfig) -> str:
+    if not config.start_epochs:
+        return f"{config.image_size} px"
+    return f"{config.start_size} px for {config.start_epochs} epochs then {config.image_size} px"
 
 
 def summary_line(result: TrainResult) -> str:
