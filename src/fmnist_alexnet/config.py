@@ -98,7 +98,8 @@ PRESETS: dict[str, dict] = {
         # 64 and 256. bf16 autocast (auto on this CPU) is faster than fp32. 96 px is the
         # smallest input whose last feature map is 2x2 instead of 1x1: it trains as fast as
         # 64 px here (the classifier's 54M weights dominate) and scored 0.875 against 0.859
-        # after one epoch (probe C, 64 px, was fp32).
+        # after one epoch (probe C, 64 px, was fp32). Over the full 4 epochs label smoothing
+        # 0.1 won on validation (0.9146 against 0.9124).
         epochs=4,
         optimizer="adamw",
         lr=1e-3,
@@ -106,7 +107,7 @@ PRESETS: dict[str, dict] = {
         batch_size=128,
         schedule="onecycle",
         warmup_epochs=0.3,
-        label_smoothing=0.0,
+        label_smoothing=0.1,
         image_size=96,
         flip=True,
         translate=0,
