@@ -8,12 +8,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.data import CLASS_NAMES
 from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, split_train_val
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.runtime import Distributed, autocast, resolve_device, resolve_precision
+from fmnist_alexnet.predict import load_model
+from fmnist_alexnet.runtime import Distributed, autocast
 
 
 @torch.no_grad()
@@ -74,14 +74,8 @@ def evaluate_checkpoint(
     ``precision="auto"`` evaluates in the precision the run trained with, as training's own
     final test evaluation did; ``"fp32"`` or ``"bf16"`` override it.
     """
-    state = ckpt.load_checkpoint(path)
-    config = state["config"]
-    model = ckpt.model_from_checkpoint(state, path)
-    device = resolve_device(device_name)
-    if precision == "auto":
-        precision = config.get("precision", "auto")
-    precision = resolve_precision(precision, device)
-    model = model.to(device).to(memory_format=torch.channels_last)
+    loaded = load_model(path, device_name, precision)
+    config, device = loaded.config, loaded.device
     splits = load_splits(find_data(data_dir))
     if split == "test":
         data = DeviceData.from_numpy(*splits["test"], device)
@@ -93,11 +87,11 @@ def evaluate_checkpoint(
         _, val_idx = split_train_val(len(full), val_size, config.get("split_seed", 0))
         data = full.subset(val_idx)
     result = evaluate(
-        model,
+        loaded.model,
         data,
-        ckpt.preprocess_from_config(config),
+        loaded.preprocess,
         batch_size,
-        autocast(device, precision),
+        autocast(device, loaded.precision),
         config["num_classes"],
         channels_last=True,
     )
