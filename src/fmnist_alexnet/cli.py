@@ -190,22 +190,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _commands() -> dict:
+    return {
+        "train": _train,
+        "evaluate": _evaluate,
+        "bench": _bench,
+        "report": _report,
+        "predict": _predict,
+        "export": _export,
+        "data": _data,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if args.command == "train":
-            return _train(args)
-        if args.command == "evaluate":
-            return _evaluate(args)
-        if args.command == "bench":
-            return _bench(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "predict":
-            return _predict(args)
-        if args.command == "export":
-            return _export(args)
-        return _data(args)
+        return _commands()[args.command](args)
     except FmnistError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
