@@ -24,6 +24,16 @@ TINY_ARGS = [
 ]
 
 
+def train_quietly(out: Path, **overrides) -> Path:
+    """A small real run of the quick preset on the CPU, silent; returns its folder."""
+    from fmnist_alexnet.config import resolve
+    from fmnist_alexnet.train import train
+
+    config = resolve("quick", {"device": "cpu", "progress": False, "out": str(out), **overrides})
+    train(config, log=lambda line: None)
+    return out
+
+
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool | None = None) -> Path:
     """Write ``array`` (uint8) as an IDX file; gzip it when the name ends in .gz."""
     header = magic.to_bytes(4, "big") + b"".join(d.to_bytes(4, "big") for d in array.shape)

@@ -6,34 +6,26 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import train_quietly
 from PIL import Image
 
 from fmnist_alexnet.cli import main
-from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.predict import load_model, predict_images, prepare_image
-from fmnist_alexnet.train import train
 
 N = 60
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("predict") / "run"
-    config = resolve(
-        "quick",
-        {
-            "image_size": 64,
-            "limit_train": 2048,
-            "limit_eval": 256,
-            "epochs": 1,
-            "batch_size": 64,
-            "device": "cpu",
-            "progress": False,
-            "out": str(out),
-        },
+    out = train_quietly(
+        tmp_path_factory.mktemp("predict") / "run",
+        image_size=64,
+        limit_train=2048,
+        limit_eval=256,
+        epochs=1,
+        batch_size=64,
     )
-    train(config, log=lambda line: None)
     return out / "checkpoints" / "best.pt"
 
 

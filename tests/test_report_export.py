@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from conftest import train_quietly
 from PIL import Image
 
 from fmnist_alexnet.cli import main
@@ -12,28 +13,19 @@ from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import export, onnx_logits_fn
 from fmnist_alexnet.predict import load_model
 from fmnist_alexnet.report import reproduce_command
-from fmnist_alexnet.train import train
 
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report") / "run"
-    config = resolve(
-        "quick",
-        {
-            "image_size": 63,
-            "limit_train": 1024,
-            "limit_eval": 256,
-            "epochs": 2,
-            "batch_size": 64,
-            "device": "cpu",
-            "progress": False,
-            "out": str(out),
-            "lr": 5e-4,
-        },
+    return train_quietly(
+        tmp_path_factory.mktemp("report") / "run",
+        image_size=63,
+        limit_train=1024,
+        limit_eval=256,
+        epochs=2,
+        batch_size=64,
+        lr=5e-4,
     )
-    train(config, log=lambda line: None)
-    return out
 
 
 def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
