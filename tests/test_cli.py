@@ -66,6 +66,7 @@ def broken_data(tmp_path):
         (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found"),
         (["evaluate", "/nonexistent/best.pt"], "checkpoint not found"),
         (["evaluate", "x.pt", "--split", "train"], "invalid choice: 'train'"),
+        (["evaluate", "x.pt", "--tta", "rotate"], "invalid choice: 'rotate'"),
         (["frobnicate"], "invalid choice: 'frobnicate'"),
     ],
 )
@@ -138,8 +139,8 @@ def test_train_then_evaluate_json(capsys, cli_run):
     code, out, err = run_cli(capsys, "evaluate", str(cli_run / "checkpoints" / "best.pt"), "--json")
     assert code == 0, err
     result = json.loads(out)
-    assert set(result) == {"split", "n", "accuracy", "per_class", "confusion_matrix"}
-    assert result["split"] == "test" and result["n"] == 10000
+    assert set(result) == {"split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix"}
+    assert result["split"] == "test" and result["tta"] == "none" and result["n"] == 10000
     matrix = torch.tensor(result["confusion_matrix"])
     assert matrix.shape == (10, 10) and int(matrix.sum()) == 10000
     assert matrix.sum(1).tolist() == [1000] * 10  # 1,000 test images per class
@@ -155,6 +156,19 @@ def test_evaluate_val_split_text(capsys, cli_run):
     )
     assert code == 0
     assert out.startswith("val accuracy ") and "on 5000 images" in out and "Ankle boot" in out
+
+
+def test_evaluate_with_flip_tta_says_so(capsys, cli_run):
+    best = str(cli_run / "checkpoints" / "best.pt")
+    code, out, err = run_cli(capsys, "evaluate", best, "--tta", "flip", "--json")
+    assert code == 0, err
+    tta = json.loads(out)
+    plain = json.loads(run_cli(capsys, "evaluate", best, "--json")[1])
+    assert tta["tta"] == "flip" and tta["n"] == 10000
+    assert int(torch.tensor(tta["confusion_matrix"]).trace()) / 10000 == tta["accuracy"]
+    assert tta["loss"] != plain["loss"]  # another evaluation, told apart
+    code, out, _ = run_cli(capsys, "evaluate", best, "--tta", "flip")
+    assert out.startswith("test accuracy with flip test-time augmentation ")
 
 
 def test_real_process_error_has_no_traceback(tmp_path):

@@ -15,6 +15,8 @@ from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.predict import load_model
 from fmnist_alexnet.runtime import Distributed, autocast
 
+TTA_CHOICES = ("none", "flip")
+
 
 @torch.no_grad()
 def evaluate(
@@ -26,8 +28,15 @@ def evaluate(
     num_classes: int = 10,
     channels_last: bool = False,
     dist: Distributed | None = None,
+    tta: str = "none",
 ) -> dict:
-    """Loss, accuracy and confusion matrix over all of ``data`` (summed across ranks)."""
+    """Loss, accuracy and confusion matrix over all of ``data`` (summed across ranks).
+
+    ``tta="flip"`` scores each image by the mean of the softmax over it and over its
+    horizontal mirror; the loss is then the negative log of that mean probability.
+    """
+    if tta not in TTA_CHOICES:
+        raise FmnistError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_CHOICES}")
     dist = dist or Distributed()
     was_training = model.training
     model.eval()
@@ -37,9 +46,17 @@ def evaluate(
     batches = eval_batches(data, batch_size, preprocess, dist.rank, dist.world_size, channels_last)
     for inputs, labels in batches:
         with autocast:
-            logits = model(inputs)
-        loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum").double()
-        predictions = logits.argmax(1)
+            logits = model(inputs).float()
+            if tta == "flip":
+                mirrored = model(inputs.flip(-1)).float()
+        if tta == "flip":
+            probabilities = (logits.softmax(1) + mirrored.softmax(1)) / 2
+            scores = probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
+            loss_sum += F.nll_loss(scores, labels, reduction="sum").double()
+        else:
+            scores = logits
+            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        predictions = scores.argmax(1)
         confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
     dist.all_reduce_sum(loss_sum)
     dist.all_reduce_sum(confusion)
@@ -68,11 +85,13 @@ def evaluate_checkpoint(
     device_name: str = "auto",
     batch_size: int = 500,
     precision: str = "auto",
+    tta: str = "none",
 ) -> dict:
     """Evaluate a checkpoint on the test set or on the validation split it was selected on.
 
     ``precision="auto"`` evaluates in the precision the run trained with, as training's own
-    final test evaluation did; ``"fp32"`` or ``"bf16"`` override it.
+    final test evaluation did; ``"fp32"`` or ``"bf16"`` override it. ``tta="flip"`` also
+    scores each image's mirror (see :func:`evaluate`); its number is not the plain one.
     """
     loaded = load_model(path, device_name, precision)
     config, device = loaded.config, loaded.device
@@ -94,9 +113,11 @@ def evaluate_checkpoint(
         autocast(device, loaded.precision),
         config["num_classes"],
         channels_last=True,
+        tta=tta,
     )
     return {
         "split": split,
+        "tta": tta,
         "n": result["n"],
         "accuracy": result["accuracy"],
         "loss": result["loss"],
