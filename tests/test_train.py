@@ -1,13 +1,14 @@
 """Training on real data: it learns, it resumes exactly, it writes what it promises."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from fmnist_alexnet import train as train_module
 from fmnist_alexnet.checkpoint import load_checkpoint
-from fmnist_alexnet.config import resolve
+from fmnist_alexnet.config import PRESETS, resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.train import TrainingInterrupted, plan_run, train
 
@@ -137,6 +138,19 @@ def test_resume_refuses_finished_run_and_other_arch(straight_run):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", list(PRESETS))
+def test_every_preset_trains_on_real_images(tmp_path, preset):
+    """Each preset's optimizer, schedule and augmentation run together (at 63 px, 4 steps)."""
+    overrides = {"image_size": 63, "epochs": 1, "limit_train": 128, "limit_eval": 64}
+    overrides |= {"batch_size": 32, "precision": "fp32", "device": "cpu", "progress": False}
+    config = resolve(preset, {**overrides, "out": str(tmp_path)})
+    result = train(config, log=lambda line: None)
+    assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]
+    for key, value in PRESETS[preset].items():
+        assert saved[key] == overrides.get(key, value), key
+
+
 def test_learns_a_real_subset(tmp_path):
     """6,000 real training images, 64 px, 3 epochs: far above the 10% of chance.
 
