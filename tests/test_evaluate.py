@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.data.batches import DeviceData, Preprocess
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
@@ -25,7 +26,7 @@ def lopsided_model():
     return nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, 10)).eval()
 
 
-PREPROCESS = Preprocess(28, 0.2860, 0.3530)
+PREPROCESS = Preprocess(28, MEAN, STD)
 
 
 def run(model, data, tta="none"):

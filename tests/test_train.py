@@ -137,7 +137,6 @@ def test_resume_refuses_finished_run_and_other_arch(straight_run):
         plan_run(None, {"out": str(straight_run), "arch": "alexnet-paper", "epochs": 3}, "auto")
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("preset", list(PRESETS))
 def test_every_preset_trains_on_real_images(tmp_path, preset):
     """Each preset's optimizer, schedule and augmentation run together (at 63 px, 4 steps)."""
@@ -151,6 +150,7 @@ def test_every_preset_trains_on_real_images(tmp_path, preset):
         assert saved[key] == overrides.get(key, value), key
 
 
+@pytest.mark.slow
 def test_learns_a_real_subset(tmp_path):
     """6,000 real training images, 64 px, 3 epochs: far above the 10% of chance.
 
