@@ -1,4 +1,5 @@
 import gzip
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -61,3 +62,15 @@ def write_dataset(folder: Path, n_train: int = 40, n_test: int = 20, gz: bool = 
 def real_data():
     """The real Fashion-MNIST files (make test installs them)."""
     return find_data()
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request):
+    """A folder for the runs a module's tests share, deleted once the module is done.
+
+    Every checkpoint of this network is 220-900 MB; kept until the session ends, the suite's
+    runs would hold about 16 GB of disk at once.
+    """
+    path = tmp_path_factory.mktemp(request.module.__name__.rpartition(".")[2])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)

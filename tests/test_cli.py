@@ -128,8 +128,8 @@ def test_data_info_on_real_data(capsys, real_data):
 
 
 @pytest.fixture(scope="module")
-def cli_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("cli") / "run"
+def cli_run(module_tmp):
+    out = module_tmp / "run"
     assert main(["train", "--out", str(out), "--epochs", "1", *TINY_ARGS]) == 0
     return out
 

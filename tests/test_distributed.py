@@ -47,8 +47,8 @@ def run(argv, env_extra=None, nproc=None):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ddp")
+def runs(module_tmp):
+    root = module_tmp
     single = run(["train", "--out", str(root / "single"), *DETERMINISTIC])
     double = run(["train", "--out", str(root / "ddp"), *DETERMINISTIC], nproc=2)
     return root, single, double

@@ -36,8 +36,8 @@ def test_average_follows_its_formula_and_is_swapped_in_and_out():
 
 
 @pytest.fixture(scope="module")
-def averaged_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("ema")
+def averaged_run(module_tmp):
+    out = module_tmp
     train(tiny_config(out, **AVERAGED), log=lambda line: None)
     return out
 

@@ -17,9 +17,9 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     out = train_quietly(
-        tmp_path_factory.mktemp("predict") / "run",
+        module_tmp / "run",
         image_size=64,
         limit_train=2048,
         limit_eval=256,

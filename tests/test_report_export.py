@@ -16,9 +16,9 @@ from fmnist_alexnet.report import reproduce_command
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(module_tmp):
     return train_quietly(
-        tmp_path_factory.mktemp("report") / "run",
+        module_tmp / "run",
         image_size=63,
         limit_train=1024,
         limit_eval=256,

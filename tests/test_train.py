@@ -61,8 +61,8 @@ def stop_at_check(n):
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("straight")
+def straight_run(module_tmp):
+    out = module_tmp
     train(tiny_config(out), log=lambda line: None)
     return out
 
