@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.model import AlexNet, build_model, check_image_size, count_parameters
+from fmnist_alexnet.model import (
+    AlexNet,
+    build_model,
+    check_image_size,
+    count_parameters,
+    initialize,
+)
 
 SEED_KEYS = {f"features.{i}.{kind}" for i in (0, 3, 6, 8, 10) for kind in ("weight", "bias")} | {
     f"classifier.{i}.{kind}" for i in (1, 4, 6) for kind in ("weight", "bias")
@@ -56,3 +62,33 @@ def test_too_small_inputs_are_refused_with_the_minimum():
 def test_unknown_arch():
     with pytest.raises(FmnistError, match="unknown architecture"):
         build_model("vgg")
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "alexnet-paper"])
+def test_xavier_redraws_every_weight_from_glorot_uniform_and_keeps_biases(arch):
+    torch.manual_seed(0)
+    default = build_model(arch)
+    torch.manual_seed(0)
+    xavier = initialize(build_model(arch), "xavier")
+    layers = [m for m in xavier.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert len(layers) == 8
+    for layer in layers:
+        fan_in = layer.weight[0].numel()
+        fan_out = layer.weight.shape[0] * layer.weight[0, 0].numel()
+        bound = (6 / (fan_in + fan_out)) ** 0.5
+        w = layer.weight.detach()
+        assert w.abs().max() <= bound
+        # Uniform on [-bound, bound] has std bound / sqrt(3); PyTorch's default is far smaller
+        # for the wide layers, so this tells the two apart.
+        assert w.std().item() == pytest.approx(bound / 3**0.5, rel=0.1)
+    before, after = default.state_dict(), xavier.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before if k.endswith("bias"))
+    assert not any(torch.equal(before[k], after[k]) for k in before if k.endswith("weight"))
+    torch.manual_seed(0)
+    untouched = initialize(build_model(arch), "default").state_dict()
+    assert all(torch.equal(before[k], untouched[k]) for k in before)
+
+
+def test_unknown_init():
+    with pytest.raises(FmnistError, match="unknown initialisation 'he'"):
+        initialize(build_model("alexnet"), "he")

@@ -34,6 +34,11 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     add = p.add_argument
     add("--arch", choices=["alexnet", "alexnet-paper"])
     add("--dropout", type=float, help="dropout in the classifier (the seed's 0.5)")
+    add(
+        "--init",
+        choices=["default", "xavier"],
+        help="weight initialisation (xavier: Glorot uniform, as d2l trains; d2l preset's default)",
+    )
     add("--epochs", type=int)
     add("--batch-size", type=int, help="global batch size (split across processes)")
     add("--eval-batch-size", type=int)

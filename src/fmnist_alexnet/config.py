@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.model import ARCHS, check_image_size
+from fmnist_alexnet.model import ARCHS, INITS, check_image_size
 
 
 @dataclass
@@ -16,6 +16,7 @@ class TrainConfig:
     arch: str = "alexnet"
     num_classes: int = 10
     dropout: float = 0.5  # the seed's nn.Dropout() in the classifier
+    init: str = "default"  # default | xavier (d2l's train_ch6)
     epochs: int = 10
     batch_size: int = 128  # global batch, split across ranks
     eval_batch_size: int = 500
@@ -77,8 +78,9 @@ PRESETS: dict[str, dict] = {
         label_smoothing=0.0,
         **_NO_AUGMENT,
     ),
-    # Dive into Deep Learning's AlexNet chapter (plain SGD).
+    # Dive into Deep Learning's AlexNet chapter (plain SGD; train_ch6's Xavier init).
     "d2l": dict(
+        init="xavier",
         epochs=10,
         optimizer="sgd",
         lr=0.01,
@@ -152,6 +154,7 @@ def replace(config: TrainConfig, overrides: dict) -> TrainConfig:
 
 _CHOICES = {
     "arch": ARCHS,
+    "init": INITS,
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "cosine", "onecycle"),
     "precision": ("auto", "bf16", "fp32"),

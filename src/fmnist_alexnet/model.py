@@ -8,6 +8,8 @@ from torch import nn
 from fmnist_alexnet.errors import FmnistError
 
 ARCHS = ("alexnet", "alexnet-paper")
+# default: PyTorch's layer defaults; xavier: what d2l's train_ch6 applies before training.
+INITS = ("default", "xavier")
 # Below these sizes the feature maps shrink to nothing before the last pool.
 MIN_IMAGE_SIZE = {"alexnet": 63, "alexnet-paper": 65}
 
@@ -101,6 +103,22 @@ def build_model(arch: str, num_classes: int = 10, dropout: float = 0.5) -> nn.Mo
     if arch == "alexnet-paper":
         return AlexNetPaper(num_classes, dropout)
     raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+
+
+def initialize(model: nn.Module, scheme: str) -> nn.Module:
+    """Re-draw the weights of every conv and linear layer; biases keep PyTorch's defaults.
+
+    ``xavier`` is Dive into Deep Learning's ``init_weights`` in ``train_ch6`` (Glorot
+    uniform on ``nn.Conv2d`` and ``nn.Linear`` weights), which its AlexNet chapter trains with.
+    """
+    if scheme == "default":
+        return model
+    if scheme != "xavier":
+        raise FmnistError(f"unknown initialisation {scheme!r}; choose one of {', '.join(INITS)}")
+    for layer in model.modules():
+        if isinstance(layer, (nn.Conv2d, nn.Linear)):
+            nn.init.xavier_uniform_(layer.weight)
+    return model
 
 
 def check_image_size(arch: str, image_size: int, flag: str = "--image-size") -> None:

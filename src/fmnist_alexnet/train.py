@@ -29,7 +29,7 @@ from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.ema import WeightEma
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
-from fmnist_alexnet.model import build_model
+from fmnist_alexnet.model import build_model, initialize
 from fmnist_alexnet.optim import build_optimizer, build_scheduler
 from fmnist_alexnet.rundir import RunDir
 from fmnist_alexnet.runtime import (
@@ -105,7 +105,8 @@ def train(
 
     # Model, optimizer, schedule.
     torch.manual_seed(config.seed)
-    model = build_model(config.arch, config.num_classes, config.dropout).to(device)
+    model = build_model(config.arch, config.num_classes, config.dropout)
+    model = initialize(model, config.init).to(device)
     # Every rank starts from the same weights (DDP also broadcasts them); dropout then
     # draws differently on each rank, and rank 0 exactly as a single process would.
     torch.manual_seed(config.seed + dist.rank)
