@@ -1,11 +1,17 @@
+"""Shared fixtures and helpers: small real training runs, weight comparisons, IDX writers."""
+
 import gzip
 import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from fmnist_alexnet.checkpoint import load_checkpoint
+from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import find_data
+from fmnist_alexnet.train import train
 
 # A tiny real run through the CLI: 63 px, 256 images, batches of 32, fp32 (bit-exact on CPU).
 TINY_ARGS = [
@@ -25,14 +31,50 @@ TINY_ARGS = [
 ]
 
 
+# The same for the Python API: 63 px, 256 images, 2 epochs, flips and shifts, fp32.
+TINY = dict(
+    image_size=63,
+    limit_train=256,
+    limit_eval=64,
+    batch_size=32,
+    epochs=2,
+    precision="fp32",
+    flip=True,
+    translate=2,
+    device="cpu",
+    progress=False,
+    eval_batch_size=64,
+)
+
+
+def quiet(line: str) -> None:
+    pass
+
+
+def tiny_config(out, **overrides):
+    return resolve("quick", {**TINY, "out": str(out), **overrides})
+
+
 def train_quietly(out: Path, **overrides) -> Path:
     """A small real run of the quick preset on the CPU, silent; returns its folder."""
-    from fmnist_alexnet.config import resolve
-    from fmnist_alexnet.train import train
-
     config = resolve("quick", {"device": "cpu", "progress": False, "out": str(out), **overrides})
-    train(config, log=lambda line: None)
+    train(config, log=quiet)
     return out
+
+
+def final_weights(run_dir: Path) -> dict:
+    return load_checkpoint(run_dir / "checkpoints" / "last.pt").model
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def stop_after(step: int):
+    """A ``should_stop`` hook that stops a run once it has done ``step`` optimizer steps."""
+    return lambda done: done == step
 
 
 def write_idx(path: Path, array: np.ndarray, magic: int, compress: bool | None = None) -> Path:

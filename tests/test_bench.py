@@ -46,6 +46,8 @@ def test_bench_json_has_every_figure(capsys):
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= KEYS
     assert (result["device"], result["precision"], result["image_size"]) == ("cpu", "fp32", 63)
+    # The step timed is the quick preset's own (AdamW), not a stand-in.
+    assert (result["preset"], result["optimizer"], result["batch_size"]) == ("quick", "adamw", 8)
     for key in (
         "train_images_per_sec",
         "bare_train_images_per_sec",

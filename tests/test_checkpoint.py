@@ -1,24 +1,83 @@
+"""What a checkpoint holds: atomic writes, safe loads, the format version, format 1."""
+
 import pytest
 import torch
 
 from fmnist_alexnet.atomic import atomic_link_or_copy, atomic_write
-from fmnist_alexnet.checkpoint import load_checkpoint, model_from_checkpoint, save_checkpoint
+from fmnist_alexnet.checkpoint import (
+    FORMAT_VERSION,
+    Checkpoint,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from fmnist_alexnet.config import TrainConfig
+from fmnist_alexnet.data import CLASS_NAMES, MEAN, STD
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import build_model
+from fmnist_alexnet.spec import ModelSpec
 
 
-def small_state(arch="alexnet"):
-    config = TrainConfig(arch=arch).to_dict()
-    return {"model": build_model(arch).state_dict(), "config": config, "epoch": 1}
+def small_checkpoint(arch="alexnet", weights_arch=None, **config):
+    config = TrainConfig(arch=arch, **config)
+    weights = build_model(weights_arch or arch).state_dict()
+    return Checkpoint(spec=ModelSpec.from_config(config), config=config, model=weights, epoch=1)
 
 
 def test_save_then_load_with_weights_only(tmp_path):
-    path = save_checkpoint(tmp_path / "a.pt", small_state())
+    path = save_checkpoint(tmp_path / "a.pt", small_checkpoint(image_size=96, precision="fp32"))
     state = torch.load(path, weights_only=True)
-    assert state["format_version"] == 1 and state["config"]["arch"] == "alexnet"
-    model = model_from_checkpoint(load_checkpoint(path), path)
-    assert torch.equal(model.features[0].weight, state["model"]["features.0.weight"])
+    assert state["format_version"] == FORMAT_VERSION == 2
+    assert state["spec"]["image_size"] == 96 and state["spec"]["num_classes"] == 10
+    loaded = load_model(path, "cpu")
+    assert torch.equal(loaded.model.features[0].weight, state["model"]["features.0.weight"])
+    assert loaded.spec == ModelSpec("alexnet", 96, MEAN, STD, "bilinear", CLASS_NAMES, "fp32")
+    assert loaded.precision == "fp32" and loaded.epoch == 1
+    assert loaded.preprocess.image_size == 96 and loaded.config.image_size == 96
+
+
+def format_1_state(tmp_path):
+    """A checkpoint exactly as fmnist-alexnet 0.1 (format 1) wrote it, EMA keys included."""
+    config = {**TrainConfig(image_size=72, precision="bf16").to_dict(), "num_classes": 10}
+    weights = build_model("alexnet").state_dict()
+    state = {
+        "format_version": 1,
+        "model": weights,
+        "train_model": weights,
+        "ema_updates": 7,
+        "optimizer": {"state": {}, "param_groups": []},
+        "scheduler": {"last_epoch": 7},
+        "epoch": 1,
+        "step": 7,
+        "best_val_acc": 0.5,
+        "best_epoch": 1,
+        "elapsed_s": 3.0,
+        "epoch_sums": torch.zeros(3, dtype=torch.float64),
+        "rng": {"torch": torch.get_rng_state(), "cuda": []},
+        "config": config,
+    }
+    torch.save(state, tmp_path / "v1.pt")
+    return tmp_path / "v1.pt"
+
+
+def test_format_1_checkpoints_still_load(tmp_path):
+    checkpoint = load_checkpoint(format_1_state(tmp_path))
+    assert checkpoint.spec == ModelSpec("alexnet", 72, MEAN, STD, "bilinear", CLASS_NAMES, "bf16")
+    assert (checkpoint.epoch, checkpoint.step, checkpoint.ema_updates) == (1, 7, 7)
+    assert checkpoint.best_val_acc == 0.5 and checkpoint.config.image_size == 72
+    assert load_model(tmp_path / "v1.pt", "cpu", "fp32").spec.image_size == 72
+    # Saved again, it is format 2 with the same contents.
+    again = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", checkpoint))
+    assert again.spec == checkpoint.spec and again.step == 7
+
+
+@pytest.mark.parametrize(("version", "shown"), [(3, "3"), (None, "None"), ("x", "'x'")])
+def test_a_newer_or_unknown_format_is_one_clear_error(tmp_path, version, shown):
+    state = small_checkpoint().to_state()
+    state["format_version"] = version
+    torch.save(state, tmp_path / "new.pt")
+    with pytest.raises(FmnistError, match=f"checkpoint format {shown} is not one"):
+        load_checkpoint(tmp_path / "new.pt")
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -57,8 +116,15 @@ def test_missing_garbage_and_foreign_files(tmp_path):
 
 
 def test_weights_of_another_architecture(tmp_path):
-    state = small_state()
-    state["config"]["arch"] = "alexnet-paper"
-    path = save_checkpoint(tmp_path / "mixed.pt", state)
+    checkpoint = small_checkpoint(arch="alexnet-paper", weights_arch="alexnet")
+    path = save_checkpoint(tmp_path / "mixed.pt", checkpoint)
     with pytest.raises(FmnistError, match="do not fit architecture 'alexnet-paper'"):
-        model_from_checkpoint(load_checkpoint(path), path)
+        load_model(path, "cpu")
+
+
+def test_a_contract_without_its_fields_is_refused(tmp_path):
+    state = small_checkpoint().to_state()
+    del state["spec"]["mean"]
+    torch.save(state, tmp_path / "x.pt")
+    with pytest.raises(FmnistError, match="model contract lacks mean"):
+        load_checkpoint(tmp_path / "x.pt")

@@ -1,5 +1,6 @@
 """The CLI end to end: user errors are one line and exit 2; train, evaluate, Ctrl-C."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -11,11 +12,12 @@ import pytest
 import torch
 from conftest import TINY_ARGS, write_dataset
 
-from fmnist_alexnet.checkpoint import save_checkpoint
-from fmnist_alexnet.cli import main
+from fmnist_alexnet.checkpoint import Checkpoint, save_checkpoint
+from fmnist_alexnet.cli import TRAIN_HELP, build_parser, main, preset_defaults
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data import CLASS_NAMES, sources
 from fmnist_alexnet.model import build_model
+from fmnist_alexnet.spec import ModelSpec
 
 
 def run_cli(capsys, *argv):
@@ -114,10 +116,10 @@ def test_download_to_unwritable_place(capsys, tmp_path):
 
 
 def test_checkpoint_of_another_architecture(capsys, tmp_path):
-    config = TrainConfig(arch="alexnet-paper").to_dict()
-    path = save_checkpoint(
-        tmp_path / "x.pt", {"model": build_model("alexnet").state_dict(), "config": config}
-    )
+    config = TrainConfig(arch="alexnet-paper")
+    weights = build_model("alexnet").state_dict()
+    checkpoint = Checkpoint(spec=ModelSpec.from_config(config), config=config, model=weights)
+    path = save_checkpoint(tmp_path / "x.pt", checkpoint)
     assert_user_error(capsys, ["evaluate", str(path)], "do not fit architecture")
 
 
@@ -209,3 +211,27 @@ def test_ctrl_c_saves_last_checkpoint_and_prints_resume_command(tmp_path):
     assert f"resume with: fmnist-alexnet train --resume {out}/checkpoints/last.pt" in stderr
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 0 and 0 < state["step"] < 128
+
+
+def test_every_config_field_is_a_train_flag_whose_help_states_the_true_default(capsys):
+    fields = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "preset"]
+    assert sorted(TRAIN_HELP) == sorted(fields)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = " ".join(capsys.readouterr().out.split())
+    for name in fields:
+        assert "--" + name.replace("_", "-") in help_text, name
+    assert (
+        preset_defaults("image_size") == "default by preset: seed 224, d2l 224, quick 96, best 224"
+    )
+    assert "(default by preset: seed 224, d2l 224, quick 96, best 224)" in help_text
+    assert preset_defaults("ema") == "default 0.0"
+
+
+def test_normalisation_flags_reach_the_config(capsys):
+    from fmnist_alexnet.plan import plan_run
+
+    args = build_parser().parse_args(["train", "--mean", "0", "--std", "1", "--out", "x"])
+    config, _ = plan_run(None, {"mean": args.mean, "std": args.std, "out": args.out}, None)
+    assert (config.mean, config.std) == (0.0, 1.0)
+    assert_user_error(capsys, ["train", "--std", "0"], "--std must be > 0")

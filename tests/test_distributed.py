@@ -10,7 +10,7 @@ import pytest
 import torch
 from conftest import TINY_ARGS
 
-from fmnist_alexnet.checkpoint import load_checkpoint, model_from_checkpoint
+from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.model import build_model
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
@@ -72,7 +72,7 @@ def test_two_gloo_ranks_end_with_the_weights_of_one_process(runs):
     assert moved > 100 * worst and moved > 1e-3, moved
     # A checkpoint of the DDP run loads into a plain single-process model.
     path = root / "ddp/checkpoints/best.pt"
-    model = model_from_checkpoint(load_checkpoint(path), path)
+    model = load_model(path, "cpu").model
     assert torch.equal(
         model.features[0].weight, torch.load(path, weights_only=True)["model"]["features.0.weight"]
     )

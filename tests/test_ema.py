@@ -4,15 +4,14 @@ import json
 
 import pytest
 import torch
-from test_train import TINY, assert_same_weights, stop_at_check, tiny_config
+from conftest import TINY, assert_same_weights, quiet, stop_after, tiny_config
 from torch import nn
 
-from fmnist_alexnet import train as train_module
-from fmnist_alexnet.checkpoint import load_checkpoint
+from fmnist_alexnet.checkpoint import load_checkpoint, load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.ema import WeightEma
-from fmnist_alexnet.predict import load_model
-from fmnist_alexnet.train import TrainingInterrupted, plan_run, train
+from fmnist_alexnet.plan import plan_run
+from fmnist_alexnet.train import TrainingInterrupted, train
 
 AVERAGED = dict(ema=0.9, erase=0.5)
 
@@ -38,7 +37,7 @@ def test_average_follows_its_formula_and_is_swapped_in_and_out():
 @pytest.fixture(scope="module")
 def averaged_run(module_tmp):
     out = module_tmp
-    train(tiny_config(out, **AVERAGED), log=lambda line: None)
+    train(tiny_config(out, **AVERAGED), log=quiet)
     return out
 
 
@@ -50,8 +49,8 @@ def first_test_images(n):
 def test_checkpoints_hold_the_average_and_the_test_evaluates_it(averaged_run):
     best = averaged_run / "checkpoints" / "best.pt"
     state = load_checkpoint(best)
-    assert state["ema_updates"] == state["step"]
-    assert all(not torch.equal(state["model"][k], state["train_model"][k]) for k in state["model"])
+    assert state.ema_updates == state.step
+    assert all(not torch.equal(state.model[k], state.train_model[k]) for k in state.model)
     # `model` (what evaluate, predict and export read) is the average; the run's own test
     # figure is that average's accuracy on the same images.
     images, labels = first_test_images(TINY["limit_eval"])
@@ -61,15 +60,13 @@ def test_checkpoints_hold_the_average_and_the_test_evaluates_it(averaged_run):
     assert test["accuracy"] == pytest.approx(accuracy, abs=1e-9)
 
 
-def test_interrupted_averaged_run_resumes_exactly(averaged_run, tmp_path, monkeypatch):
-    monkeypatch.setattr(train_module, "_StopOnSigint", stop_at_check(11))  # epoch 2, step 3
-    with pytest.raises(TrainingInterrupted):
-        train(tiny_config(tmp_path, **AVERAGED), log=lambda line: None)
-    monkeypatch.undo()
+def test_interrupted_averaged_run_resumes_exactly(averaged_run, tmp_path):
+    with pytest.raises(TrainingInterrupted):  # stopped in epoch 2, after its step 3
+        train(tiny_config(tmp_path, **AVERAGED), log=quiet, should_stop=stop_after(11))
     config, state = plan_run(None, {}, str(tmp_path / "checkpoints" / "last.pt"))
-    train(config, state, log=lambda line: None)
+    train(config, state, log=quiet)
     for key in ("model", "train_model"):
         assert_same_weights(
-            load_checkpoint(tmp_path / "checkpoints" / "last.pt")[key],
-            load_checkpoint(averaged_run / "checkpoints" / "last.pt")[key],
+            getattr(load_checkpoint(tmp_path / "checkpoints" / "last.pt"), key),
+            getattr(load_checkpoint(averaged_run / "checkpoints" / "last.pt"), key),
         )

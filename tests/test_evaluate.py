@@ -30,7 +30,15 @@ PREPROCESS = Preprocess(28, MEAN, STD)
 
 
 def run(model, data, tta="none"):
-    return evaluate(model, data, PREPROCESS, 128, nullcontext(), tta=tta)
+    return evaluate(
+        model,
+        data,
+        PREPROCESS,
+        batch_size=128,
+        autocast=nullcontext(),
+        num_classes=10,
+        tta=tta,
+    )
 
 
 def mirrored(data):

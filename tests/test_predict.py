@@ -9,9 +9,10 @@ import torch
 from conftest import train_quietly
 from PIL import Image
 
+from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.data.sources import load_splits
-from fmnist_alexnet.predict import load_model, predict_images, prepare_image
+from fmnist_alexnet.predict import predict_images, prepare_image
 
 N = 60
 

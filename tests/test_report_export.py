@@ -1,17 +1,20 @@
 """Reports have real pictures; exports agree with PyTorch on real test images."""
 
+import dataclasses
+import json
+
 import numpy as np
 import pytest
 import torch
 from conftest import train_quietly
 from PIL import Image
 
+from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.evaluate import evaluate_checkpoint
-from fmnist_alexnet.export import export, onnx_logits_fn
-from fmnist_alexnet.predict import load_model
+from fmnist_alexnet.export import FORMATS, OnnxModel, export
 from fmnist_alexnet.report import reproduce_command
 
 
@@ -36,7 +39,7 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
         assert min(image.shape) > 300 and image.std() > 10, name  # a real picture, not blank
         assert path.stat().st_size > 20_000, name
     card = (run_dir / "report.md").read_text()
-    full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device_name="cpu")
+    full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")
     assert f"Test accuracy {full_test['accuracy']:.4f}** on the official 10,000-image" in card
     assert "57,029,322 parameters" in card and "![confusion matrix](confusion_matrix.png)" in card
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
@@ -53,7 +56,7 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert "not a finished run folder" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fmt", ["onnx", "torchscript", "safetensors"])
+@pytest.mark.parametrize("fmt", FORMATS)
 def test_export_agrees_with_pytorch_on_real_images(run_dir, tmp_path, fmt):
     result = export(
         run_dir / "checkpoints" / "best.pt", fmt, tmp_path / f"model.{fmt}", check_images=256
@@ -68,9 +71,37 @@ def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
     path = tmp_path / "m.onnx"
     export(best, "onnx", path, check_images=8)
     images = torch.from_numpy(load_splits(real_data)["test"][0][:64].copy())[:, None]
-    onnx_logits = onnx_logits_fn(path)(images)
+    onnx_model = OnnxModel.load(path)
+    spec = load_model(best, "cpu").spec
+    assert onnx_model.spec == dataclasses.replace(spec, precision="auto")  # not in an export
+    onnx_logits = onnx_model.logits(images)
     torch_logits = load_model(best, "cpu", precision="fp32").logits(images)  # ONNX is fp32
     assert torch.equal(onnx_logits.argmax(1), torch_logits.argmax(1))
     assert (onnx_logits - torch_logits).abs().max() < 1e-3
     for batch in (1, 7):  # the batch axis is dynamic
-        assert onnx_logits_fn(path)(images[:batch]).shape == (batch, 10)
+        assert onnx_model.logits(images[:batch]).shape == (batch, 10)
+
+
+def test_report_names_the_epoch_best_pt_holds_with_no_validation_split(module_tmp):
+    out = train_quietly(
+        module_tmp / "no-val",
+        image_size=63,
+        limit_train=256,
+        limit_eval=64,
+        epochs=2,
+        batch_size=64,
+        val_size=0,
+    )
+    assert main(["report", str(out), "--device", "cpu"]) == 0
+    card = (out / "report.md").read_text()
+    assert "on `best.pt` (epoch 2, the last epoch: the run held out no validation split)" in card
+
+
+def test_pt2_export_carries_the_contract(run_dir, tmp_path):
+    path = tmp_path / "model.pt2"
+    export(run_dir / "checkpoints" / "best.pt", "pt2", path, check_images=8)
+    extra = {"fmnist_alexnet.json": ""}
+    program = torch.export.load(str(path), extra_files=extra)
+    contract = json.loads(extra["fmnist_alexnet.json"])
+    assert contract["image_size"] == 63 and contract["class_names"][9] == "Ankle boot"
+    assert program.module()(torch.zeros(3, 1, 63, 63)).shape == (3, 10)

@@ -5,65 +5,27 @@ import math
 
 import pytest
 import torch
-
-from fmnist_alexnet import train as train_module
-from fmnist_alexnet.checkpoint import load_checkpoint
-from fmnist_alexnet.config import PRESETS, resolve
-from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.train import TrainingInterrupted, plan_run, train
-
-# Small and fast: 63 px, a few hundred images, fp32 (bit-exact on the CPU).
-TINY = dict(
-    image_size=63,
-    limit_train=256,
-    limit_eval=64,
-    batch_size=32,
-    epochs=2,
-    precision="fp32",
-    flip=True,
-    translate=2,
-    device="cpu",
-    progress=False,
-    eval_batch_size=64,
+from conftest import (
+    assert_same_weights,
+    final_weights,
+    quiet,
+    stop_after,
+    tiny_config,
 )
 
-
-def tiny_config(out, **overrides):
-    return resolve("quick", {**TINY, "out": str(out), **overrides})
-
-
-def final_weights(run_dir):
-    return load_checkpoint(run_dir / "checkpoints" / "last.pt")["model"]
-
-
-def assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        assert torch.equal(a[key], b[key]), key
-
-
-def stop_at_check(n):
-    """A stand-in for the Ctrl-C handler that asks to stop at the n-th check (one per step)."""
-
-    class StopAt(train_module._StopOnSigint):
-        checks = 0
-
-        @property
-        def requested(self):
-            StopAt.checks += 1
-            return StopAt.checks == n
-
-        @requested.setter
-        def requested(self, value):
-            pass
-
-    return StopAt
+from fmnist_alexnet import train as train_module
+from fmnist_alexnet.checkpoint import FORMAT_VERSION, load_checkpoint
+from fmnist_alexnet.config import PRESETS, resolve
+from fmnist_alexnet.data import CLASS_NAMES, MEAN, STD
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.plan import plan_run
+from fmnist_alexnet.train import TrainingInterrupted, train
 
 
 @pytest.fixture(scope="module")
 def straight_run(module_tmp):
     out = module_tmp
-    train(tiny_config(out), log=lambda line: None)
+    train(tiny_config(out), log=quiet)
     return out
 
 
@@ -87,8 +49,17 @@ def test_run_folder_contents(straight_run):
     assert rows[1]["step"] == 2 * (256 // 32)
     state = torch.load(straight_run / "checkpoints" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
-    for key in ("arch", "num_classes", "image_size", "mean", "std"):
-        assert key in state["config"]
+    assert state["format_version"] == FORMAT_VERSION
+    assert state["spec"] == {
+        "arch": "alexnet",
+        "image_size": 63,
+        "mean": MEAN,
+        "std": STD,
+        "resize_mode": "bilinear",
+        "class_names": list(CLASS_NAMES),
+        "num_classes": 10,
+        "precision": "fp32",
+    }
     test = json.loads((straight_run / "test_metrics.json").read_text())
     assert test["n"] == 64 and 0 <= test["accuracy"] <= 1
     assert not list((straight_run / "checkpoints").glob("*.tmp"))
@@ -98,28 +69,24 @@ def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):
     # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
     # half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
     schedule = {"schedule": "constant", "warmup_epochs": 0.5}
-    train(tiny_config(tmp_path / "straight", **schedule), log=lambda line: None)
-    train(tiny_config(tmp_path / "resumed", epochs=1, **schedule), log=lambda line: None)
+    train(tiny_config(tmp_path / "straight", **schedule), log=quiet)
+    train(tiny_config(tmp_path / "resumed", epochs=1, **schedule), log=quiet)
     config, state = plan_run(None, {"epochs": 2, "out": str(tmp_path / "resumed")}, "auto")
-    assert state["epoch"] == 1
-    train(config, state, log=lambda line: None)
+    assert state.epoch == 1
+    train(config, state, log=quiet)
     assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight"))
     tmp_path = tmp_path / "resumed"
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
 
 
-def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(
-    straight_run, tmp_path, monkeypatch
-):
-    monkeypatch.setattr(train_module, "_StopOnSigint", stop_at_check(11))  # epoch 2, step 3
+def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(straight_run, tmp_path):
     with pytest.raises(TrainingInterrupted, match="resume with: fmnist-alexnet train --resume"):
-        train(tiny_config(tmp_path), log=lambda line: None)
+        train(tiny_config(tmp_path), log=quiet, should_stop=stop_after(11))  # epoch 2, step 3
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
-    assert (saved["epoch"], saved["step"]) == (1, 11)
-    monkeypatch.undo()
+    assert (saved.epoch, saved.step) == (1, 11)
     config, state = plan_run(None, {}, str(tmp_path / "checkpoints" / "last.pt"))
-    result = train(config, state, log=lambda line: None)
+    result = train(config, state, log=quiet)
     assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
     straight_rows = (straight_run / "metrics.jsonl").read_text().splitlines()
     resumed_rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
@@ -143,11 +110,11 @@ def test_every_preset_trains_on_real_images(tmp_path, preset):
     overrides = {"image_size": 63, "epochs": 1, "limit_train": 128, "limit_eval": 64}
     overrides |= {"batch_size": 32, "precision": "fp32", "device": "cpu", "progress": False}
     config = resolve(preset, {**overrides, "out": str(tmp_path)})
-    result = train(config, log=lambda line: None)
+    result = train(config, log=quiet)
     assert len(result.history) == 1 and math.isfinite(result.history[0]["train_loss"])
-    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["config"]
+    saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt").config
     for key, value in PRESETS[preset].items():
-        assert saved[key] == overrides.get(key, value), key
+        assert getattr(saved, key) == overrides.get(key, value), key
 
 
 @pytest.mark.slow
@@ -183,7 +150,7 @@ def test_learns_a_real_subset(tmp_path):
             "out": str(tmp_path),
         },
     )
-    result = train(config, log=lambda line: None)
+    result = train(config, log=quiet)
     assert result.test["n"] == 1000
     assert result.test["accuracy"] > 0.70, result.test["accuracy"]
 
@@ -200,6 +167,7 @@ def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_fin
 
     monkeypatch.setattr(train_module, "train_batches", recording)
     config = tiny_config(tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2)
-    train(config, log=lambda line: None)
+    train(config, log=quiet)
     assert sizes == [63, 63, 72]
-    assert load_checkpoint(tmp_path / "checkpoints" / "best.pt")["config"]["image_size"] == 72
+    best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
+    assert best.config.image_size == best.spec.image_size == 72

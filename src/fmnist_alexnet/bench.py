@@ -1,11 +1,13 @@
 """Throughput, side by side in one run: our pipeline, a bare step loop, the seed's way.
 
-- ``pipeline``: the training path (data on the device, batched augment + resize, the model
-  in the chosen precision and memory format, the optimizer);
-- ``bare``: the same model and optimizer on random inputs already on the device, the upper
-  bound the pipeline is measured against;
-- ``baseline``: built the way the seed notebook does it: a Dataset returning per-sample
-  PIL-resized tensors through a DataLoader with worker processes, fp32, no channels_last.
+- ``pipeline``: training's own step (:func:`build_train_step` from the resolved config, so
+  its optimizer, schedule, EMA, precision and memory format) fed by training's own batches
+  (:func:`epoch_batches`: data on the device, the preset's augmentation, batched resize);
+- ``bare``: the same step on random inputs already on the device, the upper bound the
+  pipeline is measured against;
+- ``baseline``: the ``seed`` preset's step in fp32 without channels_last, fed the way the seed
+  notebook feeds it: a Dataset returning per-sample PIL-resized tensors through a DataLoader
+  with worker processes.
 
 Runners alternate window by window, so drift in a shared machine's speed hits all alike;
 each figure is the median of its windows.
@@ -22,27 +24,21 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from fmnist_alexnet import runtime
-from fmnist_alexnet.data import MEAN, STD
-from fmnist_alexnet.data.batches import (
-    Augment,
-    DeviceData,
-    Preprocess,
-    eval_batches,
-    train_batches,
-)
+from fmnist_alexnet.config import TrainConfig, resolve
+from fmnist_alexnet.data.batches import eval_batches
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.model import build_model, check_image_size
 from fmnist_alexnet.runtime import (
-    autocast,
+    Distributed,
     configure_backends,
     resolve_device,
     resolve_precision,
 )
+from fmnist_alexnet.spec import ModelSpec
+from fmnist_alexnet.step import TrainStep, build_train_step
+from fmnist_alexnet.train import epoch_batches, load_data
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -64,77 +60,57 @@ class SeedStyleDataset(torch.utils.data.Dataset):
 
 
 def bench(
-    device_name: str = "auto",
-    image_size: int = 224,
-    batch_size: int = 64,
-    precision: str = "auto",
-    channels_last: bool = True,
-    compile: bool = False,
+    config: TrainConfig,
+    *,
     steps: int = 5,
     windows: int = 3,
     warmup: int = 2,
-    data_dir=None,
-    arch: str = "alexnet",
     baseline: bool = True,
     baseline_workers: int = 4,
     profile: bool = False,
 ) -> dict:
-    for name, value in (("--steps", steps), ("--windows", windows), ("--batch-size", batch_size)):
+    """Images/s of ``config``'s training step, its bare step and the seed-style baseline."""
+    for name, value in (("--steps", steps), ("--windows", windows)):
         if value <= 0:
             raise FmnistError(f"{name} must be > 0, got {value}")
     if warmup < 0 or baseline_workers < 0:
         raise FmnistError("--warmup and --baseline-workers must be >= 0")
-    check_image_size(arch, image_size)
-    device = resolve_device(device_name)
-    precision = resolve_precision(precision, device)
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
     configure_backends(device)
-    train_images, train_labels = load_splits(find_data(data_dir))["train"]
-    data = DeviceData.from_numpy(train_images, train_labels, device)
-    preprocess = Preprocess(image_size, MEAN, STD)
-    augment = Augment(flip=True, translate=2)
+    data = load_data(config, device, Distributed())
+    spec = ModelSpec.from_config(config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
-    ours = _Trainer(arch, device, precision, channels_last, compile)
-    bare_inputs = torch.randn(batch_size, 1, image_size, image_size, device=device)
-    if channels_last:
+    ours = build_train_step(config, device, precision, data.steps_per_epoch)
+    size, batch_size = config.image_size, config.batch_size
+    bare_inputs = torch.randn(batch_size, 1, size, size, device=device)
+    if config.channels_last:
         bare_inputs = bare_inputs.contiguous(memory_format=torch.channels_last)
-    bare_labels = torch.randint(0, 10, (batch_size,), device=device)
-    batches = _forever(
-        lambda epoch: train_batches(
-            data, batch_size, preprocess, augment, 0, epoch, channels_last=channels_last
-        )
-    )
+    bare_labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
+    batches = _forever(lambda epoch: epoch_batches(data.train, config, spec, epoch))
     runners: dict[str, _Runner] = {
-        "pipeline": _Runner(lambda: ours.step(*next(batches))),
-        "bare": _Runner(lambda: ours.step(bare_inputs, bare_labels)),
+        "pipeline": _Runner(lambda: ours(*next(batches))),
+        "bare": _Runner(lambda: ours(bare_inputs, bare_labels)),
     }
     if baseline:
-        seed_model = _Trainer(arch, device, "fp32", channels_last=False, compile=False)
-        # The seed used 4 workers whatever the machine; torch warns when that exceeds
-        # the cores, which is the point of the comparison here.
-        warnings.filterwarnings("ignore", message="This DataLoader will create")
-        loader = torch.utils.data.DataLoader(
-            SeedStyleDataset(train_images, train_labels, image_size),
-            batch_size=batch_size,
-            shuffle=True,
-            num_workers=baseline_workers,
-            drop_last=True,
-        )
-        runners["baseline"] = _LoaderRunner(loader, seed_model, device)
+        runners["baseline"] = _seed_style_runner(config, device, data, baseline_workers)
     windows_rates = _window_rates(runners, batch_size * steps, steps, windows, warmup, device)
     rates = {name: statistics.median(values) for name, values in windows_rates.items()}
 
-    eval_data = data.subset(torch.arange(min(len(data), batch_size * steps)))
-    eval_rate = _eval_rate(ours, eval_data, preprocess, batch_size, channels_last, windows)
+    eval_data = data.train.head(min(len(data.train), batch_size * steps))
+    eval_rate = _eval_rate(ours, eval_data, spec, config, windows, device)
     result = {
+        "preset": config.preset,
+        "optimizer": config.optimizer,
         "device": str(device),
         "device_name": runtime.device_name(device),
         "precision": precision,
-        "channels_last": channels_last,
-        "compile": compile,
-        "arch": arch,
-        "image_size": image_size,
+        "channels_last": config.channels_last,
+        "compile": config.compile,
+        "arch": config.arch,
+        "image_size": size,
         "batch_size": batch_size,
         "steps_per_window": steps,
         "windows": windows,
@@ -156,28 +132,33 @@ def bench(
     return result
 
 
-class _Trainer:
-    def __init__(self, arch, device, precision, channels_last, compile) -> None:
-        torch.manual_seed(0)
-        self.device = device
-        self.model: nn.Module = build_model(arch).to(device)
-        if channels_last:
-            self.model = self.model.to(memory_format=torch.channels_last)
-        self.step_model = torch.compile(self.model) if compile else self.model
-        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=1e-3, momentum=0.9, fused=True)
-        self.amp = autocast(device, precision)
-
-    def forward_loss(self, inputs, labels):
-        with self.amp:
-            return F.cross_entropy(self.step_model(inputs), labels)
-
-    def backward(self, loss) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-
-    def step(self, inputs, labels) -> None:
-        self.backward(self.forward_loss(inputs, labels))
-        self.optimizer.step()
+def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _LoaderRunner:
+    """The seed preset's step in fp32, NCHW, uncompiled, on per-sample PIL-resized images."""
+    seed_config = resolve(
+        "seed",
+        {
+            "arch": config.arch,
+            "image_size": config.image_size,
+            "batch_size": config.batch_size,
+            "device": config.device,
+            "precision": "fp32",
+            "channels_last": False,
+            "compile": False,
+        },
+    )
+    seed_step = build_train_step(seed_config, device, "fp32", data.steps_per_epoch)
+    # The seed used 4 workers whatever the machine; torch warns when that exceeds the cores,
+    # which is the point of the comparison here.
+    warnings.filterwarnings("ignore", message="This DataLoader will create")
+    images, labels = load_splits(find_data(config.data_dir))["train"]
+    loader = torch.utils.data.DataLoader(
+        SeedStyleDataset(images, labels, config.image_size),
+        batch_size=config.batch_size,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+    )
+    return _LoaderRunner(loader, seed_step, device)
 
 
 def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
@@ -202,7 +183,7 @@ class _LoaderRunner(_Runner):
     """The seed-style baseline. Its worker processes live only within its own windows (one
     untimed step first), so their prefetching never steals CPU from the other runners."""
 
-    def __init__(self, loader, trainer: _Trainer, device: torch.device) -> None:
+    def __init__(self, loader, trainer: TrainStep, device: torch.device) -> None:
         super().__init__(self._step)
         self.loader, self.trainer, self.device = loader, trainer, device
         self.batches: Iterator | None = None
@@ -213,7 +194,7 @@ class _LoaderRunner(_Runner):
         except StopIteration:
             self.batches = iter(self.loader)
             inputs, labels = next(self.batches)
-        self.trainer.step(inputs.to(self.device), labels.to(self.device))
+        self.trainer(inputs.to(self.device), labels.to(self.device))
 
     def start(self) -> None:
         self.batches = iter(self.loader)
@@ -244,24 +225,25 @@ def _window_rates(runners, images, steps, windows, warmup, device) -> dict[str, 
 
 
 @torch.no_grad()
-def _eval_rate(trainer, data, preprocess, batch_size, channels_last, windows) -> float:
-    trainer.model.eval()
+def _eval_rate(step: TrainStep, data, spec: ModelSpec, config: TrainConfig, windows, device):
+    step.model.eval()
+    preprocess = spec.preprocess()
     rates = []
     for _ in range(windows + 1):  # the first pass is warm-up
-        _sync(trainer.device)
+        _sync(device)
         started = time.perf_counter()
         for inputs, _labels in eval_batches(
-            data, batch_size, preprocess, channels_last=channels_last
+            data, config.eval_batch_size, preprocess, channels_last=config.channels_last
         ):
-            with trainer.amp:
-                trainer.step_model(inputs).argmax(1)
-        _sync(trainer.device)
+            with step.amp:
+                step.step_model(inputs).argmax(1)
+        _sync(device)
         rates.append(len(data) / (time.perf_counter() - started))
-    trainer.model.train()
+    step.model.train()
     return statistics.median(rates[1:])
 
 
-def _profile(trainer, batches, steps, device) -> dict[str, float]:
+def _profile(trainer: TrainStep, batches, steps, device) -> dict[str, float]:
     """Milliseconds per step in each phase, synchronising between phases (which costs a
     little overlap on a GPU, so the phases add up to slightly more than a plain step)."""
     phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
@@ -276,9 +258,9 @@ def _profile(trainer, batches, steps, device) -> dict[str, float]:
 
     for _ in range(steps):
         inputs, labels = timed("data", next, batches)
-        loss = timed("forward", trainer.forward_loss, inputs, labels)
+        loss, _logits = timed("forward", trainer.forward_loss, inputs, labels)
         timed("backward", trainer.backward, loss)
-        timed("optimizer", trainer.optimizer.step)
+        timed("optimizer", trainer.update)
     return {name: statistics.median(values) for name, values in phases.items()}
 
 

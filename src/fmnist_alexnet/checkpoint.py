@@ -1,30 +1,102 @@
-"""Atomic checkpoint saves and safe loads (``weights_only=True``)."""
+"""The one owner of what a checkpoint holds: capture, atomic save, safe load, the format
+version, and loading a model for inference with its input contract.
+
+A checkpoint file is a dict written by ``torch.save`` and read with ``weights_only=True``:
+
+- ``format_version``: 2 (1 is still read: it had no ``spec``, which its config implies);
+- ``spec``: the :class:`ModelSpec` (architecture, classes, input contract, precision);
+- ``config``: the run's resolved :class:`TrainConfig` as a dict;
+- ``model``: the weights to evaluate, the moving average when ``--ema`` is on; then
+  ``train_model`` and ``ema_updates`` hold the weights being trained;
+- ``optimizer``, ``scheduler``, ``rng`` and ``epoch_sums``: what an exact resume needs;
+- ``epoch``, ``step`` (completed), ``best_epoch``, ``best_val_acc``, ``elapsed_s``.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from fmnist_alexnet.atomic import atomic_write
+from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data.batches import Preprocess
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.model import build_model
+from fmnist_alexnet.runtime import autocast, resolve_device, resolve_precision
+from fmnist_alexnet.spec import ModelSpec
 
-FORMAT_VERSION = 1
-# What evaluation and prediction read from a checkpoint's config.
-CONTRACT_KEYS = ("arch", "num_classes", "image_size", "mean", "std", "resize_mode")
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 
 
-def save_checkpoint(path: str | Path, state: dict) -> Path:
-    state = {"format_version": FORMAT_VERSION, **state}
+@dataclass
+class Checkpoint:
+    spec: ModelSpec
+    config: TrainConfig
+    model: dict[str, torch.Tensor]
+    epoch: int = 0
+    step: int = 0
+    best_epoch: int = 0
+    best_val_acc: float | None = None
+    elapsed_s: float = 0.0
+    optimizer: dict | None = None
+    scheduler: dict | None = None
+    train_model: dict[str, torch.Tensor] | None = None
+    ema_updates: int = 0
+    epoch_sums: torch.Tensor | None = None  # loss*n, correct, n of the epoch in progress
+    rng: dict | None = None
+
+    def to_state(self) -> dict:
+        state = {
+            "format_version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "config": self.config.to_dict(),
+            **{name: getattr(self, name) for name in _STORED_AS_IS},
+        }
+        if self.train_model is None:  # as format 1 did: no EMA keys without EMA
+            del state["train_model"], state["ema_updates"]
+        return state
+
+    @classmethod
+    def from_state(cls, state: dict, path: Path) -> Checkpoint:
+        if not isinstance(state, dict) or "model" not in state or "config" not in state:
+            raise FmnistError(f"{path}: not an fmnist-alexnet checkpoint (no model/config)")
+        version = state.get("format_version")
+        if version not in READABLE_VERSIONS:
+            raise FmnistError(
+                f"{path}: checkpoint format {version!r} is not one this version of "
+                f"fmnist-alexnet reads ({', '.join(map(str, READABLE_VERSIONS))}); "
+                "a newer fmnist-alexnet wrote it: upgrade to load it"
+            )
+        spec_values = state["spec"] if version >= 2 else _spec_of_format_1(state["config"])
+        return cls(
+            spec=ModelSpec.from_dict(spec_values, str(path)),
+            config=TrainConfig.from_dict(state["config"]),
+            **{key: value for key, value in state.items() if key in _STORED_AS_IS},
+        )
+
+
+_STORED_AS_IS = tuple(
+    f.name for f in dataclasses.fields(Checkpoint) if f.name not in ("spec", "config")
+)
+
+
+def _spec_of_format_1(config: dict) -> dict:
+    """Format 1 kept the contract in the config (and trained only 10-class models)."""
+    return {"num_classes": 10, "precision": "auto", **config}
+
+
+def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
+    state = checkpoint.to_state()
     return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
+def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FmnistError(f"{path}: checkpoint not found")
@@ -33,17 +105,12 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise FmnistError(f"{path}: not a readable checkpoint ({first_line})") from None
-    if not isinstance(state, dict) or "model" not in state or "config" not in state:
-        raise FmnistError(f"{path}: not an fmnist-alexnet checkpoint (no model/config)")
-    missing = [key for key in CONTRACT_KEYS if key not in state["config"]]
-    if missing:
-        raise FmnistError(f"{path}: checkpoint config lacks {', '.join(missing)}")
-    return state
+    return Checkpoint.from_state(state, path)
 
 
-def load_weights(model: nn.Module, state_dict: dict, path: str | Path, arch: str) -> None:
+def load_weights(model: nn.Module, weights: dict, path: str | Path, arch: str) -> None:
     try:
-        model.load_state_dict(state_dict)
+        model.load_state_dict(weights)
     except RuntimeError:
         raise FmnistError(
             f"{path}: its weights do not fit architecture {arch!r} "
@@ -51,12 +118,88 @@ def load_weights(model: nn.Module, state_dict: dict, path: str | Path, arch: str
         ) from None
 
 
-def model_from_checkpoint(state: dict, path: str | Path) -> nn.Module:
-    config = state["config"]
-    model = build_model(config["arch"], config["num_classes"])
-    load_weights(model, state["model"], path, config["arch"])
-    return model
+def capture(model, optimizer, scheduler, ema, config: TrainConfig, progress) -> Checkpoint:
+    """Everything an exact resume needs. ``model`` holds the weights being trained; with EMA
+    the average becomes ``model`` (what is evaluated) and they travel as ``train_model``."""
+    return Checkpoint(
+        spec=ModelSpec.from_config(config),
+        config=config,
+        model=ema.state_dict() if ema else model.state_dict(),
+        train_model=model.state_dict() if ema else None,
+        ema_updates=ema.updates if ema else 0,
+        optimizer=optimizer.state_dict(),
+        scheduler=scheduler.state_dict(),
+        epoch=progress.epoch,
+        step=progress.step,
+        best_epoch=progress.best_epoch,
+        best_val_acc=progress.best_val_acc,
+        elapsed_s=progress.elapsed_s(),
+        epoch_sums=progress.epoch_sums().clone(),
+        rng={
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        },
+    )
 
 
-def preprocess_from_config(config: dict) -> Preprocess:
-    return Preprocess(config["image_size"], config["mean"], config["std"], config["resize_mode"])
+def restore(checkpoint: Checkpoint, model, optimizer, scheduler, ema, device) -> None:
+    """The inverse of :func:`capture` for the model, optimizer, schedule, EMA and RNG."""
+    model.load_state_dict(checkpoint.train_model or checkpoint.model)
+    if ema is not None:
+        if checkpoint.train_model is None:
+            raise FmnistError("--ema: the checkpoint to resume was trained without EMA")
+        ema.load_state_dict(checkpoint.model, checkpoint.ema_updates)
+    optimizer.load_state_dict(checkpoint.optimizer)
+    scheduler.load_state_dict(checkpoint.scheduler)
+    torch.set_rng_state(checkpoint.rng["torch"].cpu())
+    if checkpoint.rng["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint.rng["cuda"]])
+
+
+@dataclass
+class LoadedModel:
+    """A checkpoint's evaluation weights on a device, ready for inference."""
+
+    model: nn.Module
+    spec: ModelSpec
+    preprocess: Preprocess
+    device: torch.device
+    precision: str
+    config: TrainConfig  # the recipe it was trained with
+    epoch: int
+    best_epoch: int
+    best_val_acc: float | None
+
+    @torch.no_grad()
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
+        inputs = self.preprocess(images.to(self.device), channels_last=True)
+        with autocast(self.device, self.precision):
+            return self.model(inputs).float()
+
+
+def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+    """A checkpoint ready for inference, with the preprocessing it was trained with.
+
+    ``precision="auto"`` runs in the precision the checkpoint was trained with, as resolved
+    on this device (bf16 autocast where native); ``"fp32"`` gives the exact float32 logits
+    that exported models are compared against.
+    """
+    checkpoint = load_checkpoint(path)
+    spec = checkpoint.spec
+    device_ = resolve_device(device)
+    model = spec.build_model()
+    load_weights(model, checkpoint.model, path, spec.arch)
+    model = model.to(device_).to(memory_format=torch.channels_last).eval()
+    precision = resolve_precision(spec.precision if precision == "auto" else precision, device_)
+    return LoadedModel(
+        model=model,
+        spec=spec,
+        preprocess=spec.preprocess(),
+        device=device_,
+        precision=precision,
+        config=checkpoint.config,
+        epoch=checkpoint.epoch,
+        best_epoch=checkpoint.best_epoch,
+        best_val_acc=checkpoint.best_val_acc,
+    )

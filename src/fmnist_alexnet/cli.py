@@ -3,15 +3,83 @@
 from __future__ import annotations
 
 import argparse
+import csv
+import dataclasses
 import json
 import sys
 
-from fmnist_alexnet.config import PRESETS, TrainConfig
-from fmnist_alexnet.data import CLASS_NAMES
+from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.export import FORMATS
+from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 PROG = "fmnist-alexnet"
 PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
+
+# One help text per TrainConfig field; the flags, their types, choices and the defaults
+# quoted in the help are generated from the dataclass and the presets.
+TRAIN_HELP = {
+    "arch": "the seed network or the paper/d2l widths 96-256-384-384-256",
+    "dropout": "dropout probability in the classifier",
+    "init": "weight initialisation (xavier: Glorot uniform, as d2l trains)",
+    "epochs": "epochs in all (with --resume: the total to reach)",
+    "batch_size": "global batch size, split across processes",
+    "eval_batch_size": "batch size of validation and test",
+    "optimizer": "optimizer",
+    "lr": "peak learning rate",
+    "momentum": "SGD momentum",
+    "nesterov": "Nesterov momentum (SGD)",
+    "weight_decay": "weight decay (not on biases)",
+    "schedule": "learning-rate schedule",
+    "warmup_epochs": "warm-up epochs (onecycle: 0 means 30%% of the run)",
+    "label_smoothing": "label smoothing of the cross-entropy",
+    "grad_clip": "max gradient norm (0: off)",
+    "ema": "evaluate and save a moving average of the weights with this decay (0: off)",
+    "image_size": "input resolution in px (>= 63; >= 65 for alexnet-paper)",
+    "start_size": "progressive resizing: the early resolution (0: off)",
+    "start_epochs": "train the first N epochs at --start-size",
+    "resize_mode": "how the 28x28 images are resized to --image-size",
+    "mean": "inputs are (x/255 - MEAN) / STD; --mean 0 --std 1 leaves them in [0, 1]",
+    "std": "see --mean",
+    "flip": "random horizontal flips",
+    "translate": "random shift up to N pixels of the 28x28 image (0: off)",
+    "erase": "random erasing: with probability P a box (2-33%% of the image) becomes noise",
+    "precision": "auto: bf16 autocast where the device has native bf16, else fp32",
+    "channels_last": "channels_last memory format",
+    "compile": "torch.compile the model",
+    "device": "training device (auto: cuda when available)",
+    "seed": "seed of the initial weights, data order, augmentation and dropout",
+    "val_size": "training images held out for model selection",
+    "split_seed": "seed that picks the held-out images",
+    "limit_train": "train on the first N images only (0: all)",
+    "limit_eval": "validate and test on the first N images only (0: all)",
+    "data_dir": "folder with the four IDX files, .gz or raw (default: found as `data info` says)",
+    "out": "run folder (default: runs/<timestamp>-<preset>)",
+    "progress": "progress bar on a terminal",
+}
+_METAVARS = {
+    "ema": "DECAY",
+    "start_size": "PX",
+    "start_epochs": "N",
+    "erase": "P",
+    "translate": "N",
+    "limit_train": "N",
+    "limit_eval": "N",
+    "data_dir": "DIR",
+    "out": "DIR",
+}
+# The config fields `bench` takes as flags, overriding its preset as `train`'s do.
+BENCH_FLAGS = (
+    "arch",
+    "image_size",
+    "batch_size",
+    "precision",
+    "channels_last",
+    "compile",
+    "device",
+    "data_dir",
+)
+_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -22,8 +90,42 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
+def preset_defaults(name: str) -> str:
+    """What each preset trains with when the flag is not given, as help text says it."""
+    values = {preset: getattr(resolve(preset, {}), name) for preset in PRESETS}
+    if len({repr(v) for v in values.values()}) == 1:
+        return f"default {_shown(next(iter(values.values())))}"
+    return "default by preset: " + ", ".join(f"{p} {_shown(v)}" for p, v in values.items())
+
+
+def _shown(value) -> str:
+    if isinstance(value, bool):
+        return "on" if value else "off"
+    return str(value).replace("%", "%%")
+
+
+def add_train_flags(parser: argparse.ArgumentParser, names=None) -> None:
+    """One flag per TrainConfig field (or per one of ``names``). Each defaults to None: only
+    flags given override the preset (or, with --resume, the checkpoint's config)."""
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "preset" or (names is not None and field.name not in names):
+            continue
+        flag = "--" + field.name.replace("_", "-")
+        help_text = TRAIN_HELP[field.name]
+        if field.name not in ("data_dir", "out"):
+            help_text += f" ({preset_defaults(field.name)})"
+        kwargs: dict = {"default": None, "help": help_text}
+        if field.type == "bool":
+            kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.name in CHOICES:
+            kwargs["choices"] = CHOICES[field.name]
+        else:
+            kwargs["type"] = _TYPES[field.type]
+            kwargs["metavar"] = _METAVARS.get(field.name)
+        parser.add_argument(flag, **kwargs)
+
+
 def _train_arguments(p: argparse.ArgumentParser) -> None:
-    # Every run flag defaults to None: only flags the user gives override the preset.
     p.add_argument("--preset", choices=list(PRESETS), help="named defaults (default: quick)")
     p.add_argument(
         "--resume",
@@ -31,74 +133,21 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="continue from a checkpoint (auto: OUT/checkpoints/last.pt); "
         "--epochs is then the total",
     )
-    add = p.add_argument
-    add("--arch", choices=["alexnet", "alexnet-paper"])
-    add("--dropout", type=float, help="dropout in the classifier (the seed's 0.5)")
-    add(
-        "--init",
-        choices=["default", "xavier"],
-        help="weight initialisation (xavier: Glorot uniform, as d2l trains; d2l preset's default)",
-    )
-    add("--epochs", type=int)
-    add("--batch-size", type=int, help="global batch size (split across processes)")
-    add("--eval-batch-size", type=int)
-    add("--optimizer", choices=["sgd", "adamw"])
-    add("--lr", type=float, help="peak learning rate")
-    add("--momentum", type=float)
-    add("--nesterov", action=argparse.BooleanOptionalAction, default=None)
-    add("--weight-decay", type=float)
-    add("--schedule", choices=["constant", "cosine", "onecycle"])
-    add("--warmup-epochs", type=float)
-    add("--label-smoothing", type=float)
-    add("--grad-clip", type=float, help="max gradient norm (0: off)")
-    add(
-        "--ema",
-        type=float,
-        metavar="DECAY",
-        help="evaluate and save an exponential moving average of the weights (0: off)",
-    )
-    add("--image-size", type=int, help="input resolution in px (>= 63; default 224)")
-    add("--resize-mode", choices=["bilinear", "bicubic", "nearest"])
-    add("--start-size", type=int, metavar="PX", help="progressive resizing: early resolution")
-    add("--start-epochs", type=int, metavar="N", help="train the first N epochs at --start-size")
-    add(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="random horizontal flips",
-    )
-    add("--translate", type=int, help="random shift up to N pixels of the 28x28 image (0: off)")
-    add(
-        "--erase",
-        type=float,
-        metavar="P",
-        help="random erasing: with probability P a box (2-33%% of the image) becomes noise",
-    )
-    add("--precision", choices=["auto", "bf16", "fp32"])
-    add("--channels-last", action=argparse.BooleanOptionalAction, default=None)
-    add(
-        "--compile",
-        action=argparse.BooleanOptionalAction,
-        default=None,
-        help="torch.compile the model",
-    )
-    add("--device", choices=["auto", "cpu", "cuda"])
-    add("--seed", type=int)
-    add("--val-size", type=int, help="training images held out for model selection (5000)")
-    add("--split-seed", type=int)
-    add("--limit-train", type=int, metavar="N", help="train on the first N images only")
-    add("--limit-eval", type=int, metavar="N", help="validate and test on N images only")
-    add("--data-dir", help="folder with the four IDX files (.gz or raw)")
-    add("--out", help="run folder (default runs/<timestamp>-<preset>)")
-    add(
-        "--no-progress", dest="progress", action="store_false", default=None, help="no progress bar"
-    )
+    add_train_flags(p)
     p.add_argument(
         "--no-report",
         dest="report",
         action="store_false",
         help="skip the plots and model card written when training ends",
     )
+
+
+def _device_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda if any")
+
+
+def _precision_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--precision", choices=PRECISIONS, default="auto", help=PRECISION_HELP)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -114,11 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=["test", "val"], default="test")
     evaluate.add_argument("--data-dir")
-    evaluate.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    evaluate.add_argument("--batch-size", type=int, default=500)
-    evaluate.add_argument(
-        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP
-    )
+    _device_flag(evaluate)
+    evaluate.add_argument("--batch-size", type=int, default=500, help="default 500")
+    _precision_flag(evaluate)
     evaluate.add_argument(
         "--tta",
         choices=["none", "flip"],
@@ -137,13 +184,13 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
     report = commands.add_parser("report", help="plots and a model card for a run folder")
     report.add_argument("run_dir")
-    report.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    _device_flag(report)
     report.add_argument("--data-dir")
 
     predict = commands.add_parser("predict", help="classify your own image files")
     predict.add_argument("model", help="a checkpoint (.pt), or an .onnx file with --engine onnx")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--top-k", type=int, default=3)
+    predict.add_argument("--top-k", type=int, default=3, help="default 3")
     predict.add_argument(
         "--invert",
         choices=["auto", "yes", "no"],
@@ -151,35 +198,32 @@ def build_parser() -> argparse.ArgumentParser:
         help="negate to light-on-black (auto: when the border is light)",
     )
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
-    predict.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    predict.add_argument("--batch-size", type=int, default=64)
-    predict.add_argument(
-        "--precision", choices=["auto", "bf16", "fp32"], default="auto", help=PRECISION_HELP
-    )
+    _device_flag(predict)
+    predict.add_argument("--batch-size", type=int, default=64, help="default 64")
+    _precision_flag(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON array")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
 
-    export = commands.add_parser("export", help="ONNX, TorchScript or safetensors, checked")
+    export = commands.add_parser(
+        "export", help="ONNX, torch.export (pt2), TorchScript or safetensors, checked"
+    )
     export.add_argument("checkpoint")
-    export.add_argument("--format", choices=["onnx", "torchscript", "safetensors"], required=True)
+    export.add_argument("--format", choices=FORMATS, required=True)
     export.add_argument("--out", required=True)
     export.add_argument("--data-dir")
 
     bench = commands.add_parser(
         "bench",
         help="training images/s: our pipeline, a bare step loop and the seed's way, side by side",
+        description="Times the training step of a preset (quick unless --preset says), with "
+        "the flags below overriding it as they do for train.",
     )
-    bench.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    bench.add_argument("--arch", choices=["alexnet", "alexnet-paper"], default="alexnet")
-    bench.add_argument("--image-size", type=int, default=224)
-    bench.add_argument("--batch-size", type=int, default=64)
-    bench.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
-    bench.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True)
-    bench.add_argument("--compile", action="store_true", help="torch.compile our model")
-    bench.add_argument("--steps", type=int, default=5, help="steps per timing window")
-    bench.add_argument("--windows", type=int, default=3, help="timing windows (median taken)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first")
+    bench.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
+    add_train_flags(bench, BENCH_FLAGS)
+    bench.add_argument("--steps", type=int, default=5, help="steps per timing window (5)")
+    bench.add_argument("--windows", type=int, default=3, help="timing windows, median taken (3)")
+    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
     bench.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
@@ -190,14 +234,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--baseline-workers",
         type=int,
         default=4,
-        help="DataLoader workers of the baseline (the seed used 4)",
+        help="DataLoader workers of the baseline (4, as the seed used)",
     )
     bench.add_argument(
         "--profile",
         action="store_true",
         help="also break a step into data, forward, backward, optimizer",
     )
-    bench.add_argument("--data-dir")
     bench.add_argument("--json", action="store_true", help="print one JSON object")
     return parser
 
@@ -226,19 +269,21 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _train(args) -> int:
-    from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
-    from fmnist_alexnet.train import TrainingInterrupted, plan_run, summary_line, train
+def _given(args, names) -> dict:
+    """The flags the user gave, by config field name."""
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
-    overrides = {
-        name: getattr(args, name)
-        for name in TrainConfig.__dataclass_fields__
-        if name != "preset" and getattr(args, name, None) is not None
-    }
-    config, resume_state = plan_run(args.preset, overrides, args.resume)
+
+def _train(args) -> int:
+    from fmnist_alexnet.plan import plan_run
+    from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
+    from fmnist_alexnet.train import TrainingInterrupted, summary_line, train
+
+    overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
+    config, resume = plan_run(args.preset, overrides, args.resume)
     dist = init_distributed(config.device)
     try:
-        result = train(config, resume_state, dist)
+        result = train(config, resume, dist)
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
         return 130
@@ -255,7 +300,7 @@ def _report_after_training(run_dir, config) -> None:
     try:
         from fmnist_alexnet.report import write_report
 
-        write_report(run_dir, config.device, config.data_dir)
+        write_report(run_dir, device=config.device, data_dir=config.data_dir)
     except ImportError as exc:
         print(
             f"no report: {exc.name} is not installed (pip install 'fmnist-alexnet[report]'), "
@@ -268,16 +313,14 @@ def _report_after_training(run_dir, config) -> None:
 def _evaluate(args) -> int:
     from fmnist_alexnet.evaluate import evaluate_checkpoint
 
-    if args.batch_size <= 0:
-        raise FmnistError(f"--batch-size must be > 0, got {args.batch_size}")
     result = evaluate_checkpoint(
         args.checkpoint,
-        args.split,
-        args.data_dir,
-        args.device,
-        args.batch_size,
-        args.precision,
-        args.tta,
+        split=args.split,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        precision=args.precision,
+        tta=args.tta,
     )
     if args.json:
         keys = ("split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix")
@@ -288,11 +331,12 @@ def _evaluate(args) -> int:
         f"{result['split']} accuracy{tta} {result['accuracy']:.4f} on {result['n']} images "
         f"(loss {result['loss']:.4f})"
     )
-    width = max(len(name) for name in CLASS_NAMES)
+    names = list(result["per_class"])
+    width = max(len(name) for name in names)
     for name, accuracy in result["per_class"].items():
         print(f"  {name:<{width}}  {accuracy:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    for name, row in zip(CLASS_NAMES, result["confusion_matrix"], strict=True):
+    for name, row in zip(names, result["confusion_matrix"], strict=True):
         print(f"  {name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
     return 0
 
@@ -322,28 +366,23 @@ def _data(args) -> int:
 def _bench(args) -> int:
     from fmnist_alexnet.bench import bench
 
+    overrides = _given(args, BENCH_FLAGS)
     result = bench(
-        args.device,
-        args.image_size,
-        args.batch_size,
-        args.precision,
-        args.channels_last,
-        args.compile,
-        args.steps,
-        args.windows,
-        args.warmup,
-        args.data_dir,
-        args.arch,
-        args.baseline,
-        args.baseline_workers,
-        args.profile,
+        resolve(args.preset, {**overrides, "progress": False}),
+        steps=args.steps,
+        windows=args.windows,
+        warmup=args.warmup,
+        baseline=args.baseline,
+        baseline_workers=args.baseline_workers,
+        profile=args.profile,
     )
     if args.json:
         print(json.dumps(result))
         return 0
     print(
-        f"{result['device_name']}: {result['arch']}, {result['precision']}, "
-        f"{result['image_size']} px, batch {result['batch_size']}, torch {result['torch']}, "
+        f"{result['device_name']}: {result['arch']}, {result['preset']} preset's step "
+        f"({result['optimizer']}), {result['precision']}, {result['image_size']} px, "
+        f"batch {result['batch_size']}, torch {result['torch']}, "
         f"median of {result['windows']} windows of {result['steps_per_window']} steps"
     )
     print(f"  train, our pipeline     {result['train_images_per_sec']:9.1f} img/s")
@@ -366,35 +405,31 @@ def _bench(args) -> int:
 def _report(args) -> int:
     from fmnist_alexnet.report import write_report
 
-    for path in write_report(args.run_dir, args.device, args.data_dir):
+    for path in write_report(args.run_dir, device=args.device, data_dir=args.data_dir):
         print(f"wrote {path}")
     return 0
 
 
 def _predict(args) -> int:
-    from fmnist_alexnet import predict
+    from fmnist_alexnet.predict import predict_images
 
     if args.engine == "onnx":
-        from fmnist_alexnet.export import onnx_logits_fn
+        from fmnist_alexnet.export import OnnxModel
 
-        logits_fn = onnx_logits_fn(args.model)
+        model = OnnxModel.load(args.model)
     else:
-        logits_fn = predict.load_model(args.model, args.device, args.precision).logits
-    results = predict.predict_with(logits_fn, args.paths, args.top_k, args.invert, args.batch_size)
+        from fmnist_alexnet.checkpoint import load_model
+
+        model = load_model(args.model, args.device, args.precision)
+    results = predict_images(
+        model, args.paths, top_k=args.top_k, invert=args.invert, batch_size=args.batch_size
+    )
     if not results:
         raise FmnistError("no image files found in " + " ".join(args.paths))
     if args.json:
         print(json.dumps(results, indent=1))
     elif args.csv:
-        print("path,rank,label,class,prob,error")
-        for row in results:
-            for rank, top in enumerate(row.get("top", []), 1):
-                print(
-                    f"{_csv(row['path'])},{rank},{top['label']},{_csv(top['class'])},"
-                    f"{top['prob']:.6f},"
-                )
-            if "error" in row:
-                print(f"{_csv(row['path'])},,,,,{_csv(row['error'])}")
+        _write_csv(results, sys.stdout)
     else:
         for row in results:
             if "error" in row:
@@ -405,8 +440,16 @@ def _predict(args) -> int:
     return 1 if any("error" in row for row in results) else 0
 
 
-def _csv(text: str) -> str:
-    return '"' + text.replace('"', '""') + '"' if any(c in text for c in ',"\n') else text
+def _write_csv(results: list[dict], stream) -> None:
+    writer = csv.writer(stream, lineterminator="\n")
+    writer.writerow(["path", "rank", "label", "class", "prob", "error"])
+    for row in results:
+        for rank, top in enumerate(row.get("top", []), 1):
+            writer.writerow(
+                [row["path"], rank, top["label"], top["class"], f"{top['prob']:.6f}", ""]
+            )
+        if "error" in row:
+            writer.writerow([row["path"], "", "", "", "", row["error"]])
 
 
 def _export(args) -> int:

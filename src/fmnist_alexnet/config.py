@@ -8,13 +8,13 @@ from dataclasses import dataclass
 from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import ARCHS, INITS, check_image_size
+from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 
 @dataclass
 class TrainConfig:
     preset: str = "quick"
     arch: str = "alexnet"
-    num_classes: int = 10
     dropout: float = 0.5  # the seed's nn.Dropout() in the classifier
     init: str = "default"  # default | xavier (d2l's train_ch6)
     epochs: int = 10
@@ -34,7 +34,7 @@ class TrainConfig:
     start_size: int = 0  # progressive resizing: train the first start_epochs at this size
     start_epochs: int = 0
     resize_mode: str = "bilinear"
-    mean: float = MEAN
+    mean: float = MEAN  # inputs are (x/255 - mean) / std; mean 0 and std 1 leave them in [0, 1]
     std: float = STD
     flip: bool = False
     translate: int = 0  # largest random shift, in pixels of the 28x28 image
@@ -95,13 +95,8 @@ PRESETS: dict[str, dict] = {
     ),
     # For a 2-core CPU: low resolution, one-cycle AdamW, a few epochs.
     "quick": dict(
-        # From 1-epoch probes on the validation split (RESULTS.md lists them): less
-        # regularisation wins in a short budget; lr 1e-3 beat 5e-4 and 2e-3; batch 128 beat
-        # 64 and 256. bf16 autocast (auto on this CPU) is faster than fp32. 96 px is the
-        # smallest input whose last feature map is 2x2 instead of 1x1: it trains as fast as
-        # 64 px here (the classifier's 54M weights dominate) and scored 0.875 against 0.859
-        # after one epoch (probe C, 64 px, was fp32). Over the full 4 epochs label smoothing
-        # 0.1 won on validation (0.9146 against 0.9124).
+        # Chosen by short probes on the validation split (RESULTS.md): 96 px is the smallest
+        # input with a 2x2 last feature map and trains as fast as 64 px here.
         epochs=4,
         optimizer="adamw",
         lr=1e-3,
@@ -115,12 +110,8 @@ PRESETS: dict[str, dict] = {
         translate=0,
         precision="auto",
     ),
-    # Maximum accuracy on a GPU at the seed's 224 px. No GPU has been lent yet, so this is
-    # tuned on the CPU at reduced scale (96 px, 10,000 images, 8 epochs; RESULTS.md): AdamW
-    # one-cycle reached val 0.8668 where SGD nesterov stayed on the initial plateau of this
-    # batch-norm-free network for 80-120 steps (lr 0.05: 0.7176; 0.02: 0.7530; 0.01: 0.6040).
-    # These are the probed settings exactly; --erase 0.25 with --ema 0.99 scored lower in
-    # the short probe (0.8532) and stay off until a GPU run decides.
+    # Maximum accuracy on a GPU at the seed's 224 px; tuned on the CPU at reduced scale
+    # (RESULTS.md), where SGD stayed on this batch-norm-free network's initial plateau.
     "best": dict(
         epochs=30,
         optimizer="adamw",
@@ -152,16 +143,16 @@ def replace(config: TrainConfig, overrides: dict) -> TrainConfig:
     return config
 
 
-_CHOICES = {
+CHOICES = {
     "arch": ARCHS,
     "init": INITS,
     "optimizer": ("sgd", "adamw"),
     "schedule": ("constant", "cosine", "onecycle"),
-    "precision": ("auto", "bf16", "fp32"),
-    "device": ("auto", "cpu", "cuda"),
+    "precision": PRECISIONS,
+    "device": DEVICES,
     "resize_mode": ("bilinear", "bicubic", "nearest"),
 }
-_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "num_classes")
+_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
 _NON_NEGATIVE = (
     "weight_decay",
     "warmup_epochs",
@@ -180,7 +171,7 @@ _FLAG = {name: "--" + name.replace("_", "-") for name in TrainConfig.__dataclass
 
 
 def validate(config: TrainConfig) -> None:
-    for name, choices in _CHOICES.items():
+    for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
             raise FmnistError(f"{_FLAG[name]} {value!r}: choose one of {', '.join(choices)}")

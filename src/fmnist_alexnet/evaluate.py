@@ -8,11 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fmnist_alexnet.data import CLASS_NAMES
-from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, split_train_val
+from fmnist_alexnet.checkpoint import load_model
+from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, validation_split
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.predict import load_model
 from fmnist_alexnet.runtime import Distributed, autocast
 
 TTA_CHOICES = ("none", "flip")
@@ -23,9 +22,10 @@ def evaluate(
     model: nn.Module,
     data: DeviceData,
     preprocess: Preprocess,
+    *,
     batch_size: int,
     autocast: AbstractContextManager,
-    num_classes: int = 10,
+    num_classes: int,
     channels_last: bool = False,
     dist: Distributed | None = None,
     tta: str = "none",
@@ -71,7 +71,7 @@ def evaluate(
     }
 
 
-def per_class_accuracy(confusion: list[list[int]], class_names=CLASS_NAMES) -> dict[str, float]:
+def per_class_accuracy(confusion: list[list[int]], class_names) -> dict[str, float]:
     return {
         name: (row[i] / sum(row) if sum(row) else 0.0)
         for i, (name, row) in enumerate(zip(class_names, confusion, strict=True))
@@ -80,9 +80,10 @@ def per_class_accuracy(confusion: list[list[int]], class_names=CLASS_NAMES) -> d
 
 def evaluate_checkpoint(
     path,
+    *,
     split: str = "test",
     data_dir=None,
-    device_name: str = "auto",
+    device: str = "auto",
     batch_size: int = 500,
     precision: str = "auto",
     tta: str = "none",
@@ -93,25 +94,24 @@ def evaluate_checkpoint(
     final test evaluation did; ``"fp32"`` or ``"bf16"`` override it. ``tta="flip"`` also
     scores each image's mirror (see :func:`evaluate`); its number is not the plain one.
     """
-    loaded = load_model(path, device_name, precision)
-    config, device = loaded.config, loaded.device
+    if batch_size <= 0:
+        raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
+    loaded = load_model(path, device, precision)
     splits = load_splits(find_data(data_dir))
     if split == "test":
-        data = DeviceData.from_numpy(*splits["test"], device)
+        data = DeviceData.from_numpy(*splits["test"], loaded.device)
     else:
-        full = DeviceData.from_numpy(*splits["train"], device)
-        val_size = config.get("val_size", 0)
-        if not val_size:
+        if not loaded.config.val_size:
             raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")
-        _, val_idx = split_train_val(len(full), val_size, config.get("split_seed", 0))
-        data = full.subset(val_idx)
+        full = DeviceData.from_numpy(*splits["train"], loaded.device)
+        _, data = validation_split(full, loaded.config.val_size, loaded.config.split_seed)
     result = evaluate(
         loaded.model,
         data,
         loaded.preprocess,
-        batch_size,
-        autocast(device, loaded.precision),
-        config["num_classes"],
+        batch_size=batch_size,
+        autocast=autocast(loaded.device, loaded.precision),
+        num_classes=loaded.spec.num_classes,
         channels_last=True,
         tta=tta,
     )
@@ -121,6 +121,6 @@ def evaluate_checkpoint(
         "n": result["n"],
         "accuracy": result["accuracy"],
         "loss": result["loss"],
-        "per_class": per_class_accuracy(result["confusion_matrix"]),
+        "per_class": per_class_accuracy(result["confusion_matrix"], loaded.spec.class_names),
         "confusion_matrix": result["confusion_matrix"],
     }

@@ -1,24 +1,34 @@
-"""Export a checkpoint to ONNX, TorchScript or safetensors, and check the result on real
-test images against PyTorch."""
+"""Export a checkpoint to ONNX, a torch.export program (pt2), TorchScript or safetensors, and
+check the result on real test images against PyTorch.
+
+Every file carries the model's contract (:meth:`ModelSpec.export_contract`) under the key
+``fmnist_alexnet``: ONNX metadata, an extra file ``fmnist_alexnet.json`` in pt2 and
+TorchScript archives, safetensors metadata.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fmnist_alexnet.atomic import atomic_write_bytes
-from fmnist_alexnet.checkpoint import CONTRACT_KEYS
+from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.predict import load_model
+from fmnist_alexnet.spec import ModelSpec
 
-FORMATS = ("onnx", "torchscript", "safetensors")
+FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
 CHECK_IMAGES = 512
+CONTRACT_KEY = "fmnist_alexnet"
+CONTRACT_FILE = "fmnist_alexnet.json"
+MAX_BATCH = 65536
 
 
 def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_IMAGES) -> dict:
@@ -27,23 +37,22 @@ def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_I
         raise FmnistError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     loaded = load_model(checkpoint, "cpu")
     model = loaded.model.to(memory_format=torch.contiguous_format).float().eval()
-    contract = {key: loaded.config[key] for key in CONTRACT_KEYS}
-    size = contract["image_size"]
-    example = torch.zeros(2, 1, size, size)
-    out = Path(out)
+    spec = loaded.spec
+    example = torch.zeros(2, 1, spec.image_size, spec.image_size)
     writer = {
         "onnx": _write_onnx,
+        "pt2": _write_pt2,
         "torchscript": _write_torchscript,
         "safetensors": _write_safetensors,
     }[fmt]
-    payload = writer(model, example, contract)
-    atomic_write_bytes(out, payload)
+    out = Path(out)
+    atomic_write_bytes(out, writer(model, example, json.dumps(spec.export_contract())))
 
     images = load_splits(find_data(data_dir))["test"][0][:check_images]
     inputs = loaded.preprocess(torch.from_numpy(images.copy())[:, None])
     with torch.no_grad():
         reference = model(inputs).numpy()
-    exported = run_exported(fmt, out, inputs, loaded.config)
+    exported = run_exported(fmt, out, inputs, spec)
     return {
         "format": fmt,
         "path": str(out),
@@ -51,25 +60,46 @@ def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_I
         "images": len(images),
         "max_abs_logit_diff": float(np.abs(exported - reference).max()),
         "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
-        "input": f"float32 [batch, 1, {size}, {size}]",
-        "contract": contract,
+        "input": f"float32 [batch, 1, {spec.image_size}, {spec.image_size}]",
+        "contract": spec.export_contract(),
     }
 
 
-def run_exported(fmt: str, path: Path, inputs: torch.Tensor, config: dict) -> np.ndarray:
+@torch.no_grad()
+def run_exported(fmt: str, path: Path, inputs: torch.Tensor, spec: ModelSpec) -> np.ndarray:
+    """Logits of the exported file on preprocessed float inputs."""
     if fmt == "onnx":
         return onnx_session(path).run(None, {"input": inputs.numpy()})[0]
+    if fmt == "pt2":
+        return torch.export.load(str(path)).module()(inputs).numpy()
     if fmt == "torchscript":
-        with torch.no_grad():
-            return torch.jit.load(str(path)).eval()(inputs).numpy()
+        return torch.jit.load(str(path)).eval()(inputs).numpy()
     from safetensors.torch import load_file
 
-    from fmnist_alexnet.model import build_model
-
-    model = build_model(config["arch"], config["num_classes"]).eval()
+    model = spec.build_model().eval()
     model.load_state_dict(load_file(str(path)))
-    with torch.no_grad():
-        return model(inputs).numpy()
+    return model(inputs).numpy()
+
+
+@dataclass
+class OnnxModel:
+    """An exported ONNX file as a classifier: uint8 [B, 1, 28, 28] in, logits out, prepared by
+    the contract stored in the file itself."""
+
+    session: object
+    spec: ModelSpec
+
+    @classmethod
+    def load(cls, path) -> OnnxModel:
+        session = onnx_session(path)
+        props = session.get_modelmeta().custom_metadata_map
+        if CONTRACT_KEY not in props:
+            raise FmnistError(f"{path}: not exported by fmnist-alexnet (no contract in it)")
+        return cls(session, ModelSpec.from_dict(json.loads(props[CONTRACT_KEY]), str(path)))
+
+    def logits(self, images: torch.Tensor) -> torch.Tensor:
+        inputs = self.spec.preprocess()(images).numpy()
+        return torch.from_numpy(self.session.run(None, {"input": inputs})[0])
 
 
 def onnx_session(path):
@@ -87,64 +117,52 @@ def onnx_session(path):
         ) from None
 
 
-def onnx_logits_fn(path):
-    """uint8 [B, 1, 28, 28] -> logits through onnxruntime, preprocessed by the model's
-    own contract (read from its metadata)."""
-    from fmnist_alexnet.checkpoint import preprocess_from_config
-
-    session = onnx_session(path)
-    preprocess = preprocess_from_config(onnx_contract(session))
-    return lambda images: torch.from_numpy(
-        session.run(None, {"input": preprocess(images).numpy()})[0]
-    )
+def _batch_dim():
+    return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
 
 
-def onnx_contract(session) -> dict:
-    """The preprocessing contract stored in an exported model's metadata."""
-    props = session.get_modelmeta().custom_metadata_map
-    if "fmnist_alexnet" not in props:
-        raise FmnistError("this ONNX model was not exported by fmnist-alexnet (no contract)")
-    return json.loads(props["fmnist_alexnet"])
-
-
-def _write_onnx(model, example, contract) -> bytes:
+def _write_onnx(model, example, contract: str) -> bytes:
     try:
         import onnx
     except ImportError:
         raise FmnistError("onnx is not installed: pip install 'fmnist-alexnet[onnx]'") from None
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "model.onnx")
-        batch = torch.export.Dim("batch", min=1, max=65536)
         torch.onnx.export(
             model,
             (example,),
             path,
             input_names=["input"],
             output_names=["logits"],
-            dynamic_shapes={"x": {0: batch}},
+            dynamic_shapes=_batch_dim(),
             verbose=False,
             dynamo=True,
             external_data=False,
         )
         proto = onnx.load(path)
     meta = proto.metadata_props.add()
-    meta.key, meta.value = "fmnist_alexnet", json.dumps(contract)
+    meta.key, meta.value = CONTRACT_KEY, contract
     return proto.SerializeToString()
 
 
-def _write_torchscript(model, example, contract) -> bytes:
-    import io
-
-    traced = torch.jit.trace(model, example)
+def _write_pt2(model, example, contract: str) -> bytes:
+    program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
     buffer = io.BytesIO()
-    torch.jit.save(traced, buffer, _extra_files={"fmnist_alexnet.json": json.dumps(contract)})
+    torch.export.save(program, buffer, extra_files={CONTRACT_FILE: contract})
     return buffer.getvalue()
 
 
-def _write_safetensors(model, example, contract) -> bytes:
+def _write_torchscript(model, example, contract: str) -> bytes:
+    traced = torch.jit.trace(model, example)
+    buffer = io.BytesIO()
+    torch.jit.save(traced, buffer, _extra_files={CONTRACT_FILE: contract})
+    return buffer.getvalue()
+
+
+def _write_safetensors(model, example, contract: str) -> bytes:
     try:
         from safetensors.torch import save
     except ImportError:
         raise FmnistError("safetensors is not installed: pip install safetensors") from None
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
-    return save(state, metadata={"fmnist_alexnet": json.dumps(contract)})
+    return save(state, metadata={CONTRACT_KEY: contract})

@@ -1,5 +1,4 @@
-"""People's own image files -> Fashion-MNIST-style 28x28 -> the checkpoint's own preprocessing
--> model -> top-k.
+"""People's own image files -> Fashion-MNIST-style 28x28 arrays -> a model's top-k classes.
 
 Fashion-MNIST was made from product photos by trimming the background, scaling the longest
 edge to 28, centring on 28x28, negating (light objects on black) and converting to 8-bit
@@ -10,18 +9,15 @@ white background lands where the model expects it.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
-from fmnist_alexnet import checkpoint as ckpt
-from fmnist_alexnet.data import CLASS_NAMES
-from fmnist_alexnet.data.batches import IMAGE_SIDE, Preprocess
+from fmnist_alexnet.data.batches import IMAGE_SIDE
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.runtime import autocast, resolve_device, resolve_precision
+from fmnist_alexnet.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded
@@ -32,38 +28,13 @@ class ImageError(FmnistError):
     """One file could not be turned into an input; the others still are."""
 
 
-@dataclass
-class LoadedModel:
-    model: nn.Module
-    config: dict
-    preprocess: Preprocess
-    device: torch.device
-    precision: str
+class Classifier(Protocol):
+    """A checkpoint's :class:`~fmnist_alexnet.checkpoint.LoadedModel` or an exported model."""
 
-    @torch.no_grad()
+    spec: ModelSpec
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
-        inputs = self.preprocess(images.to(self.device), channels_last=True)
-        with autocast(self.device, self.precision):
-            return self.model(inputs).float()
-
-
-def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedModel:
-    """A checkpoint ready for inference, with the preprocessing it was trained with.
-
-    ``precision="auto"`` runs in the precision the checkpoint was trained with, as resolved
-    on this device (bf16 autocast where native); ``"fp32"`` gives the exact float32 logits
-    that exported models are compared against.
-    """
-    state = ckpt.load_checkpoint(path)
-    device_ = resolve_device(device)
-    model = ckpt.model_from_checkpoint(state, path).to(device_)
-    model = model.to(memory_format=torch.channels_last).eval()
-    if precision == "auto":
-        precision = state["config"].get("precision", "auto")
-    precision = resolve_precision(precision, device_)
-    preprocess = ckpt.preprocess_from_config(state["config"])
-    return LoadedModel(model, state["config"], preprocess, device_, precision)
 
 
 def find_images(paths) -> list[Path]:
@@ -88,16 +59,13 @@ def prepare_image(path, invert: str = "auto") -> np.ndarray:
 
 
 def predict_images(
-    loaded: LoadedModel, paths, top_k: int = 3, invert: str = "auto", batch_size: int = 64
+    model: Classifier, paths, *, top_k: int = 3, invert: str = "auto", batch_size: int = 64
 ) -> list[dict]:
-    """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``."""
-    return predict_with(loaded.logits, paths, top_k, invert, batch_size)
-
-
-def predict_with(logits_fn, paths, top_k: int, invert: str, batch_size: int) -> list[dict]:
-    """Prepare every file, run ``logits_fn`` in batches, keep the order of ``paths``."""
-    if top_k < 1 or top_k > len(CLASS_NAMES):
-        raise FmnistError(f"--top-k must be in 1..{len(CLASS_NAMES)}, got {top_k}")
+    """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``,
+    in the order of ``paths``; files are prepared, then run through ``model`` in batches."""
+    names = model.spec.class_names
+    if top_k < 1 or top_k > len(names):
+        raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
     if batch_size < 1:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
     results: list[dict] = []
@@ -111,11 +79,11 @@ def predict_with(logits_fn, paths, top_k: int, invert: str, batch_size: int) -> 
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
-        probs = torch.softmax(logits_fn(images), dim=1)
+        probs = torch.softmax(model.logits(images), dim=1)
         top = probs.topk(top_k, dim=1)
         for (index, _), values, labels in zip(chunk, top.values, top.indices, strict=True):
             results[index]["top"] = [
-                {"label": int(label), "class": CLASS_NAMES[int(label)], "prob": float(value)}
+                {"label": int(label), "class": names[int(label)], "prob": float(value)}
                 for value, label in zip(values, labels, strict=True)
             ]
     return results

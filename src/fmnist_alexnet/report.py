@@ -9,13 +9,12 @@ import numpy as np
 import torch
 
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
+from fmnist_alexnet.checkpoint import LoadedModel, load_model
 from fmnist_alexnet.config import PRESETS, TrainConfig
-from fmnist_alexnet.data import CLASS_NAMES
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import per_class_accuracy
 from fmnist_alexnet.model import count_parameters
-from fmnist_alexnet.predict import load_model
 from fmnist_alexnet.rundir import RunDir
 
 SAMPLE_GRID = (5, 8)
@@ -35,18 +34,19 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
     config = json.loads((run.path / "config.json").read_text())
     history = run.read_metrics()
     loaded = load_model(best, device)
-    images, labels = load_splits(find_data(data_dir or config.get("data_dir")))["test"]
+    images, labels = load_splits(find_data(data_dir or loaded.config.data_dir))["test"]
     probs = _probabilities(loaded, images)
     predictions = probs.argmax(1)
-    confusion = np.zeros((10, 10), dtype=np.int64)
+    names = loaded.spec.class_names
+    confusion = np.zeros((len(names), len(names)), dtype=np.int64)
     np.add.at(confusion, (labels.astype(np.int64), predictions), 1)
     written = [
         _save(run.path / "curves.png", _curves_figure(history)),
-        _save(run.path / "confusion_matrix.png", _confusion_figure(confusion)),
-        _save(run.path / "samples.png", _samples_figure(images, labels, predictions)),
-        _save(run.path / "mistakes.png", _mistakes_figure(images, labels, probs, confusion)),
+        _save(run.path / "confusion_matrix.png", _confusion_figure(confusion, names)),
+        _save(run.path / "samples.png", _samples_figure(images, labels, predictions, names)),
+        _save(run.path / "mistakes.png", _mistakes_figure(images, labels, probs, confusion, names)),
     ]
-    card = model_card(config, history, confusion, loaded.model, run.path)
+    card = model_card(config, history, confusion, loaded, run.path)
     written.append(atomic_write_text(run.path / "report.md", card))
     return written
 
@@ -68,34 +68,40 @@ def reproduce_command(config: dict) -> str:
     return " ".join(flags)
 
 
-def model_card(config: dict, history: list[dict], confusion, model, run_path: Path) -> str:
+def model_card(
+    config: dict, history: list[dict], confusion, loaded: LoadedModel, run_path: Path
+) -> str:
+    """``config`` is the run's config.json; the model facts come from ``best.pt`` itself."""
     runtime = config.get("runtime", {})
+    spec = loaded.spec
     n = int(confusion.sum())
     accuracy = float(np.trace(confusion)) / max(n, 1)
-    per_class = per_class_accuracy(confusion.tolist())
-    best = max(history, key=lambda r: r["val_acc"] or 0) if history else {}
+    per_class = per_class_accuracy(confusion.tolist(), spec.class_names)
+    if loaded.best_val_acc is None:
+        chosen = "the last epoch: the run held out no validation split"
+    else:
+        chosen = f"chosen by validation accuracy {loaded.best_val_acc:.4f}"
     wall = history[-1]["elapsed_s"] if history else None
     recipe = {k: v for k, v in config.items() if k not in _NOT_RECIPE | {"runtime"}}
     lines = [
-        f"# Model card: {config['arch']} on Fashion-MNIST ({run_path.name})",
+        f"# Model card: {spec.arch} on Fashion-MNIST ({run_path.name})",
         "",
         f"**Test accuracy {accuracy:.4f}** on the official {n:,}-image test set, measured once "
-        f"on `best.pt` (epoch {best.get('epoch', '?')}, chosen by validation accuracy "
-        f"{best.get('val_acc') or 0:.4f}).",
+        f"on `best.pt` (epoch {loaded.best_epoch}, {chosen}).",
         "",
         "## Model",
-        f"- Architecture `{config['arch']}`: {count_parameters(model):,} parameters, "
-        f"{config['num_classes']} classes, dropout {config.get('dropout', 0.5)}.",
-        f"- Input contract: one channel, {config['image_size']}x{config['image_size']} px, "
+        f"- Architecture `{spec.arch}`: {count_parameters(loaded.model):,} parameters, "
+        f"{spec.num_classes} classes, dropout {loaded.config.dropout}.",
+        f"- Input contract: one channel, {spec.image_size}x{spec.image_size} px, "
         f"float32, made from a 28x28 uint8 image (light object on black) by x/255, "
-        f"(x - {config['mean']}) / {config['std']}, then {config['resize_mode']} resize "
+        f"(x - {spec.mean}) / {spec.std}, then {spec.resize_mode} resize "
         "(align_corners=False). Output: logits for the classes below, in order.",
         "",
         "## Data",
         f"- Source: {runtime.get('data_source', 'unknown')}.",
         f"- Training on {runtime.get('train_images', '?')} images; validation (model "
         f"selection) on {runtime.get('val_images', '?')} held out of the training set "
-        f"(split seed {config.get('split_seed', 0)}); test on {n:,}.",
+        f"(split seed {loaded.config.split_seed}); test on {n:,}.",
         "",
         "## Recipe",
         "```json",
@@ -133,7 +139,7 @@ def model_card(config: dict, history: list[dict], confusion, model, run_path: Pa
 
 
 @torch.no_grad()
-def _probabilities(loaded, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def _probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     chunks = []
     tensor = torch.from_numpy(images.copy())[:, None]
     for start in range(0, len(tensor), batch_size):
@@ -168,14 +174,14 @@ def _curves_figure(history: list[dict]):
     return figure
 
 
-def _confusion_figure(confusion: np.ndarray):
+def _confusion_figure(confusion: np.ndarray, names):
     import matplotlib.pyplot as plt
 
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     figure, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
-    for i in range(10):
-        for j in range(10):
+    for i in range(len(names)):
+        for j in range(len(names)):
             if confusion[i, j]:
                 ax.text(
                     j,
@@ -186,8 +192,8 @@ def _confusion_figure(confusion: np.ndarray):
                     fontsize=8,
                     color="white" if rates[i, j] > 0.5 else "black",
                 )
-    ax.set_xticks(range(10), CLASS_NAMES, rotation=45, ha="right")
-    ax.set_yticks(range(10), CLASS_NAMES)
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title("test set: share of each true class (colour), counts (numbers)")
@@ -195,7 +201,7 @@ def _confusion_figure(confusion: np.ndarray):
     return figure
 
 
-def _samples_figure(images, labels, predictions):
+def _samples_figure(images, labels, predictions, names):
     import matplotlib.pyplot as plt
 
     rows, cols = SAMPLE_GRID
@@ -207,7 +213,7 @@ def _samples_figure(images, labels, predictions):
         right = predictions[index] == labels[index]
         ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
         ax.set_title(
-            f"{CLASS_NAMES[labels[index]]}\n-> {CLASS_NAMES[predictions[index]]}",
+            f"{names[labels[index]]}\n-> {names[predictions[index]]}",
             fontsize=7,
             color="black" if right else "red",
         )
@@ -221,12 +227,12 @@ def _samples_figure(images, labels, predictions):
     return figure
 
 
-def _mistakes_figure(images, labels, probs, confusion):
+def _mistakes_figure(images, labels, probs, confusion, names):
     import matplotlib.pyplot as plt
 
     off = confusion.copy()
     np.fill_diagonal(off, 0)
-    pairs = [divmod(int(k), 10) for k in np.argsort(off, axis=None)[::-1][:MISTAKE_PAIRS]]
+    pairs = [divmod(int(k), len(names)) for k in np.argsort(off, axis=None)[::-1][:MISTAKE_PAIRS]]
     figure, axes = plt.subplots(
         MISTAKE_PAIRS,
         MISTAKES_PER_PAIR,
@@ -250,7 +256,7 @@ def _mistakes_figure(images, labels, probs, confusion):
             ax.set_title(f"p={probs[index, predicted]:.2f}", fontsize=8)
             if col == 0:
                 ax.set_ylabel(
-                    f"{CLASS_NAMES[true]}\nas {CLASS_NAMES[predicted]}\n({off[true, predicted]}x)",
+                    f"{names[true]}\nas {names[predicted]}\n({off[true, predicted]}x)",
                     fontsize=8,
                 )
     figure.suptitle("most confident mistakes of the most confused pairs (true as predicted)")

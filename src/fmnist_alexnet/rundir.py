@@ -39,9 +39,9 @@ class RunDir:
         if self.enabled:
             atomic_write_text(self.path / name, json.dumps(value, indent=2) + "\n")
 
-    def save_checkpoint(self, name: str, state: dict) -> None:
+    def save_checkpoint(self, name: str, checkpoint: ckpt.Checkpoint) -> None:
         if self.enabled:
-            ckpt.save_checkpoint(self.checkpoints / name, state)
+            ckpt.save_checkpoint(self.checkpoints / name, checkpoint)
 
     def copy_checkpoint(self, source: str, target: str) -> None:
         if not self.enabled:

@@ -12,6 +12,9 @@ import torch.distributed as dist
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.malloc import keep_freed_memory
 
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "bf16", "fp32")
+
 
 def resolve_device(name: str, local_rank: int = 0) -> torch.device:
     if name == "auto":

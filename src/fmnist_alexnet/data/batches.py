@@ -39,6 +39,10 @@ class DeviceData:
         indices = indices.to(self.labels.device)
         return DeviceData(self.images[indices], self.labels[indices])
 
+    def head(self, n: int) -> DeviceData:
+        """The first ``n`` images (all when ``n`` is 0), without copying."""
+        return self if not n else DeviceData(self.images[:n], self.labels[:n])
+
 
 def split_train_val(
     n: int, val_size: int, split_seed: int = 0
@@ -46,6 +50,14 @@ def split_train_val(
     """Hold ``val_size`` images out of the training set, the same ones for every run seed."""
     order = torch.randperm(n, generator=torch.Generator().manual_seed(split_seed))
     return order[val_size:].sort().values, order[:val_size].sort().values
+
+
+def validation_split(
+    train: DeviceData, val_size: int, split_seed: int = 0
+) -> tuple[DeviceData, DeviceData]:
+    """The training set less its held-out validation images, and those images."""
+    train_idx, val_idx = split_train_val(len(train), val_size, split_seed)
+    return train.subset(train_idx), train.subset(val_idx)
 
 
 def generator(device: torch.device, *keys: int) -> torch.Generator:

@@ -21,7 +21,7 @@ TORCHVISION_ROOT = Path("data")  # the seed notebook's torchvision root: ./data/
 OFFICIAL_MIRROR = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
 ENV_VAR = "FMNIST_DATA"
 
-# SHA-256 of the decompressed IDX bytes (NOTES.md): the same whichever gzip wrapped them.
+# SHA-256 of the decompressed IDX bytes: the same whichever gzip wrapped them.
 SHA256 = {
     "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
     "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",

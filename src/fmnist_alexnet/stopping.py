@@ -1,0 +1,42 @@
+"""Stopping a run cleanly: Ctrl-C, or any condition a caller passes as ``should_stop``."""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable
+
+
+class StopOnSigint:
+    """The first Ctrl-C asks the loop to stop after the current step (so the checkpoint is
+    consistent); a second one interrupts at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step (Ctrl-C again to abort without saving)", file=sys.stderr)
+
+    def __enter__(self) -> StopOnSigint:
+        try:
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: leave signals alone
+            self._previous = None
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+def stop_condition(
+    sigint: StopOnSigint, should_stop: Callable[[int], bool] | None
+) -> Callable[[int], bool]:
+    """Asked after every optimizer step with the number of steps done so far."""
+    if should_stop is None:
+        return lambda step: sigint.requested
+    return lambda step: sigint.requested or bool(should_stop(step))
