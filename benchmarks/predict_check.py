@@ -17,9 +17,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
-from fmnist_alexnet.export import export, onnx_logits_fn
-from fmnist_alexnet.predict import load_model, predict_images, predict_with
+from fmnist_alexnet.export import OnnxModel, export
+from fmnist_alexnet.predict import predict_images
 
 
 def variants(image: np.ndarray) -> dict[str, tuple[Image.Image, dict]]:
@@ -81,12 +82,11 @@ def main() -> None:
             }
         onnx_path = root / "model.onnx"
         report["onnx_export"] = export(args.checkpoint, "onnx", onnx_path)
-        onnx_fn = onnx_logits_fn(onnx_path)
         one = [root / "png_28" / "00000.png"]
         batch = sorted((root / "png_28").iterdir())[:256]
-        for engine, fn in (("torch", loaded.logits), ("onnx", onnx_fn)):
-            single = timed(lambda fn=fn: predict_with(fn, one, 1, "auto", 64), 20)
-            batched = timed(lambda fn=fn: predict_with(fn, batch, 1, "auto", 64), 3)
+        for engine, model in (("torch", loaded), ("onnx", OnnxModel.load(onnx_path))):
+            single = timed(lambda m=model: predict_images(m, one, top_k=1), 20)
+            batched = timed(lambda m=model: predict_images(m, batch, top_k=1), 3)
             report[f"latency_{engine}"] = {
                 "single_image_ms": 1000 * single,
                 "batched_256_in_64s_ms_per_image": 1000 * batched / len(batch),

@@ -455,7 +455,7 @@ def _write_csv(results: list[dict], stream) -> None:
 def _export(args) -> int:
     from fmnist_alexnet.export import export
 
-    result = export(args.checkpoint, args.format, args.out, args.data_dir)
+    result = export(args.checkpoint, fmt=args.format, out=args.out, data_dir=args.data_dir)
     print(
         f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['format']}); "
         f"input {result['input']}"

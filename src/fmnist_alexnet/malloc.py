@@ -3,9 +3,8 @@
 PyTorch's CPU allocator is plain ``malloc``. glibc serves every block above 32 MB with a
 fresh ``mmap`` and unmaps it on free, so each training step re-faults and re-zeroes the
 big tensors it allocates: the 151 MB gradient of the first linear layer, the bf16 copies
-autocast makes of the weights, the activations. On the 2-core development CPU that was a
-quarter or more of a step at 96 px (a step loop ran 260-333 img/s with glibc's defaults
-and 304-411 img/s with the settings below, measured in alternation). Turning off ``mmap``
+autocast makes of the weights, the activations (a large share of a step on a small CPU:
+BENCHMARKS.md). Turning off ``mmap``
 for large blocks and never trimming the heap lets those pages be reused from step to step,
 at the cost of the process keeping its peak memory until it exits.
 

@@ -21,8 +21,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # The fused kernels are one pass over the weights: on a 2-core CPU fused AdamW steps
-    # 57M parameters in 0.05 s instead of 0.35 s (the model's own step at 64 px is 0.3 s).
+    # Fused kernels make one pass over the 57M weights: several times faster (BENCHMARKS.md).
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, fused=True)
     return torch.optim.SGD(

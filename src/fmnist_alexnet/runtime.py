@@ -67,9 +67,7 @@ def device_name(device: torch.device) -> str:
 
 def configure_backends(device: torch.device) -> None:
     if device.type == "cpu":
-        # Late in a run about half of AdamW's moment estimates in the big linear layers are
-        # denormal floats, which x86 handles slowly: the quick preset's third epoch ran at
-        # 166 img/s against 230 in its first. Flushing them to zero costs no accuracy.
+        # AdamW's moments turn denormal late in a run and x86 is slow on them (BENCHMARKS.md).
         torch.set_flush_denormal(True)
         keep_freed_memory()  # big tensors reuse their pages instead of re-faulting each step
     if device.type == "cuda":
