@@ -1,6 +1,8 @@
 """The CLI end to end: user errors are one line and exit 2; train, evaluate, Ctrl-C."""
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import signal
@@ -136,11 +138,18 @@ def cli_run(module_tmp):
     return out
 
 
-def test_train_then_evaluate_json(capsys, cli_run):
-    capsys.readouterr()
-    code, out, err = run_cli(capsys, "evaluate", str(cli_run / "checkpoints" / "best.pt"), "--json")
-    assert code == 0, err
-    result = json.loads(out)
+@pytest.fixture(scope="module")
+def plain_evaluation(cli_run):
+    """``evaluate --json`` of the run's best.pt on the whole test set, run once."""
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["evaluate", str(cli_run / "checkpoints" / "best.pt"), "--json"])
+    assert code == 0
+    return json.loads(stdout.getvalue())
+
+
+def test_train_then_evaluate_json(plain_evaluation):
+    result = plain_evaluation
     assert set(result) == {"split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix"}
     assert result["split"] == "test" and result["tta"] == "none" and result["n"] == 10000
     matrix = torch.tensor(result["confusion_matrix"])
@@ -160,17 +169,18 @@ def test_evaluate_val_split_text(capsys, cli_run):
     assert out.startswith("val accuracy ") and "on 5000 images" in out and "Ankle boot" in out
 
 
-def test_evaluate_with_flip_tta_says_so(capsys, cli_run):
+def test_evaluate_with_flip_tta_says_so(capsys, cli_run, plain_evaluation, tmp_path):
     best = str(cli_run / "checkpoints" / "best.pt")
     code, out, err = run_cli(capsys, "evaluate", best, "--tta", "flip", "--json")
     assert code == 0, err
     tta = json.loads(out)
-    plain = json.loads(run_cli(capsys, "evaluate", best, "--json")[1])
     assert tta["tta"] == "flip" and tta["n"] == 10000
     assert int(torch.tensor(tta["confusion_matrix"]).trace()) / 10000 == tta["accuracy"]
-    assert tta["loss"] != plain["loss"]  # another evaluation, told apart
-    code, out, _ = run_cli(capsys, "evaluate", best, "--tta", "flip")
+    assert tta["loss"] != plain_evaluation["loss"]  # another evaluation, told apart
+    small = write_dataset(tmp_path / "small")  # the text form, on 20 synthetic test images
+    code, out, _ = run_cli(capsys, "evaluate", best, "--tta", "flip", "--data-dir", str(small))
     assert out.startswith("test accuracy with flip test-time augmentation ")
+    assert "on 20 images" in out
 
 
 def test_real_process_error_has_no_traceback(tmp_path):

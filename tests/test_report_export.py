@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 from conftest import train_quietly
@@ -15,7 +16,7 @@ from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
-from fmnist_alexnet.report import reproduce_command
+from fmnist_alexnet.report import model_card, reproduce_command
 
 
 @pytest.fixture(scope="module")
@@ -57,13 +58,33 @@ def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_export_agrees_with_pytorch_on_real_images(run_dir, tmp_path, fmt):
-    result = export(
-        run_dir / "checkpoints" / "best.pt", fmt, tmp_path / f"model.{fmt}", check_images=256
-    )
+def test_export_agrees_with_pytorch_and_carries_the_contract(run_dir, tmp_path, fmt):
+    path = tmp_path / f"model.{fmt}"
+    result = export(run_dir / "checkpoints" / "best.pt", fmt, path, check_images=256)
     assert result["images"] == 256
     assert result["top1_agreement"] == 1.0
     assert result["max_abs_logit_diff"] < 1e-3
+    contract = stored_contract(fmt, path)
+    assert contract == result["contract"] and contract["image_size"] == 63
+    assert contract["class_names"][9] == "Ankle boot" and contract["num_classes"] == 10
+
+
+def stored_contract(fmt, path) -> dict:
+    """The contract as another program would read it from the file."""
+    if fmt == "onnx":
+        session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        return json.loads(session.get_modelmeta().custom_metadata_map["fmnist_alexnet"])
+    if fmt in ("pt2", "torchscript"):
+        extra = {"fmnist_alexnet.json": ""}
+        if fmt == "pt2":
+            torch.export.load(str(path), extra_files=extra)
+        else:
+            torch.jit.load(str(path), _extra_files=extra)
+        return json.loads(extra["fmnist_alexnet.json"])
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        return json.loads(handle.metadata()["fmnist_alexnet"])
 
 
 def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
@@ -82,7 +103,7 @@ def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
         assert onnx_model.logits(images[:batch]).shape == (batch, 10)
 
 
-def test_report_names_the_epoch_best_pt_holds_with_no_validation_split(module_tmp):
+def test_model_card_names_the_epoch_best_pt_holds_with_no_validation_split(module_tmp):
     out = train_quietly(
         module_tmp / "no-val",
         image_size=63,
@@ -92,16 +113,9 @@ def test_report_names_the_epoch_best_pt_holds_with_no_validation_split(module_tm
         batch_size=64,
         val_size=0,
     )
-    assert main(["report", str(out), "--device", "cpu"]) == 0
-    card = (out / "report.md").read_text()
+    loaded = load_model(out / "checkpoints" / "best.pt", "cpu")
+    config = json.loads((out / "config.json").read_text())
+    history = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    confusion = np.eye(10, dtype=np.int64) * 3
+    card = model_card(config, history, confusion, loaded, out)
     assert "on `best.pt` (epoch 2, the last epoch: the run held out no validation split)" in card
-
-
-def test_pt2_export_carries_the_contract(run_dir, tmp_path):
-    path = tmp_path / "model.pt2"
-    export(run_dir / "checkpoints" / "best.pt", "pt2", path, check_images=8)
-    extra = {"fmnist_alexnet.json": ""}
-    program = torch.export.load(str(path), extra_files=extra)
-    contract = json.loads(extra["fmnist_alexnet.json"])
-    assert contract["image_size"] == 63 and contract["class_names"][9] == "Ankle boot"
-    assert program.module()(torch.zeros(3, 1, 63, 63)).shape == (3, 10)

@@ -10,6 +10,7 @@ import sys
 
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.evaluate import TTA_CHOICES
 from fmnist_alexnet.export import FORMATS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
@@ -153,12 +154,32 @@ def _precision_flag(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet on Fashion-MNIST: train, evaluate, data.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add_arguments, _ in _commands().values():
+        add_arguments(commands)
+    return parser
 
+
+def _commands() -> dict:
+    """Each subcommand: the function that adds its parser, the function that runs it."""
+    return {
+        "train": (_add_train, _train),
+        "evaluate": (_add_evaluate, _evaluate),
+        "data": (_add_data, _data),
+        "report": (_add_report, _report),
+        "predict": (_add_predict, _predict),
+        "export": (_add_export, _export),
+        "bench": (_add_bench, _bench),
+    }
+
+
+def _add_train(commands) -> None:
     train = commands.add_parser(
         "train", help="train a model", description="Train AlexNet; presets: " + ", ".join(PRESETS)
     )
     _train_arguments(train)
 
+
+def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=["test", "val"], default="test")
@@ -168,13 +189,15 @@ def build_parser() -> argparse.ArgumentParser:
     _precision_flag(evaluate)
     evaluate.add_argument(
         "--tta",
-        choices=["none", "flip"],
+        choices=TTA_CHOICES,
         default="none",
         help="test-time augmentation: flip averages each image's and its mirror's softmax "
         "(reported apart from the plain accuracy)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
+
+def _add_data(commands) -> None:
     data = commands.add_parser("data", help="find, verify or download the dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="which files are used; verify their SHA-256")
@@ -182,11 +205,16 @@ def build_parser() -> argparse.ArgumentParser:
     download = data_commands.add_parser("download", help="fetch the four files and verify them")
     download.add_argument("--to", required=True, metavar="DIR")
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
+
+
+def _add_report(commands) -> None:
     report = commands.add_parser("report", help="plots and a model card for a run folder")
     report.add_argument("run_dir")
     _device_flag(report)
     report.add_argument("--data-dir")
 
+
+def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="classify your own image files")
     predict.add_argument("model", help="a checkpoint (.pt), or an .onnx file with --engine onnx")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -205,6 +233,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print one JSON array")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
 
+
+def _add_export(commands) -> None:
     export = commands.add_parser(
         "export", help="ONNX, torch.export (pt2), TorchScript or safetensors, checked"
     )
@@ -213,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True)
     export.add_argument("--data-dir")
 
+
+def _add_bench(commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="training images/s: our pipeline, a bare step loop and the seed's way, side by side",
@@ -242,25 +274,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also break a step into data, forward, backward, optimizer",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
-    return parser
-
-
-def _commands() -> dict:
-    return {
-        "train": _train,
-        "evaluate": _evaluate,
-        "bench": _bench,
-        "report": _report,
-        "predict": _predict,
-        "export": _export,
-        "data": _data,
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return _commands()[args.command](args)
+        return _commands()[args.command][1](args)
     except FmnistError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
