@@ -161,9 +161,9 @@ def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_fin
     sizes = []
     real = train_module.train_batches
 
-    def recording(data, batch_size, preprocess, *args):
-        sizes.append(preprocess.image_size)
-        return real(data, batch_size, preprocess, *args)
+    def recording(data, **kwargs):
+        sizes.append(kwargs["preprocess"].image_size)
+        return real(data, **kwargs)
 
     monkeypatch.setattr(train_module, "train_batches", recording)
     config = tiny_config(tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2)

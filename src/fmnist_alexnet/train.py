@@ -208,15 +208,15 @@ def epoch_batches(
     dist = dist or Distributed()
     return train_batches(
         data,
-        config.batch_size,
-        _train_preprocess(config, spec, epoch),
-        Augment(config.flip, config.translate, config.erase),
-        config.seed,
-        epoch,
-        start_step,
-        dist.rank,
-        dist.world_size,
-        config.channels_last,
+        batch_size=config.batch_size,
+        preprocess=_train_preprocess(config, spec, epoch),
+        augment=Augment(config.flip, config.translate, config.erase),
+        seed=config.seed,
+        epoch=epoch,
+        start_step=start_step,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        channels_last=config.channels_last,
     )
 
 
