@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLI    := $(BIN)/fmnist-alexnet
 
-.PHONY: setup data demo test lint clean
+.PHONY: setup data browser demo test lint clean
 
 setup: $(STAMP) data
 
@@ -29,10 +29,21 @@ data: $(STAMP)
 	fi
 	@$(CLI) data info
 
+# Debian's chromium for the page's real-browser test (Playwright cannot fetch its own browser
+# here); only `make test` needs it.
+browser:
+	@if [ -x /usr/bin/chromium ]; then \
+		echo "chromium found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "no /usr/bin/chromium and not root: the browser test will be skipped"; \
+	fi
+
 demo: setup
 	$(CLI) train --preset quick
 
-test: setup lint
+test: setup browser lint
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

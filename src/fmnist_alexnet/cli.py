@@ -169,6 +169,7 @@ def _commands() -> dict:
         "predict": (_add_predict, _predict),
         "export": (_add_export, _export),
         "bench": (_add_bench, _bench),
+        "serve": (_add_serve, _serve),
     }
 
 
@@ -274,6 +275,30 @@ def _add_bench(commands) -> None:
         help="also break a step into data, forward, backward, optimizer",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="HTTP API and a web page for a trained model",
+        description="Serve MODEL (a checkpoint, a run folder or an exported .onnx) over HTTP: "
+        "POST /v1/predict, a page at /, API docs at /docs. Ctrl-C or SIGTERM stops it after "
+        "answering every accepted request.",
+    )
+    serve.add_argument("model", help="best.pt, a run folder (its best.pt) or an .onnx export")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
+    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    _device_flag(serve)
+    serve.add_argument("--max-batch", type=int, default=64, help="images per forward pass (64)")
+    serve.add_argument(
+        "--max-wait-ms", type=float, default=5.0, help="wait for more requests to batch (5)"
+    )
+    serve.add_argument(
+        "--max-upload-mb", type=float, default=10.0, help="largest request body (10)"
+    )
+    serve.add_argument("--max-files", type=int, default=64, help="files per request (64)")
+    serve.add_argument("--data-dir", help="the dataset, for the page's test images")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -483,5 +508,32 @@ def _export(args) -> int:
         f"checked on {result['images']} real test images against PyTorch: largest logit "
         f"difference {result['max_abs_logit_diff']:.3g}, top-1 agreement "
         f"{100 * result['top1_agreement']:.2f} %"
+    )
+    return 0
+
+
+def _serve(args) -> int:
+    try:
+        from fmnist_alexnet.serve.app import ServeSettings
+        from fmnist_alexnet.serve.server import serve
+    except ImportError as exc:
+        raise FmnistError(
+            f"{exc.name} is not installed: pip install 'fmnist-alexnet[serve]'"
+        ) from None
+    settings = ServeSettings(
+        max_batch=args.max_batch,
+        max_wait_ms=args.max_wait_ms,
+        max_upload_mb=args.max_upload_mb,
+        max_files=args.max_files,
+    )
+    serve(
+        args.model,
+        host=args.host,
+        port=args.port,
+        engine=args.engine,
+        device=args.device,
+        settings=settings,
+        data_dir=args.data_dir,
+        log=lambda line: print(line, flush=True),
     )
     return 0

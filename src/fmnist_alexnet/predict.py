@@ -8,6 +8,7 @@ white background lands where the model expects it.
 
 from __future__ import annotations
 
+import io
 import warnings
 from pathlib import Path
 from typing import Protocol
@@ -48,14 +49,34 @@ def find_images(paths) -> list[Path]:
     return found
 
 
-def prepare_image(path, invert: str = "auto") -> np.ndarray:
-    """One image file -> uint8 [28, 28], light object on black, as in Fashion-MNIST."""
-    gray = _read_grayscale(Path(path))  # float in [0, 1]
+def prepare_image(source, invert: str = "auto", name: str | None = None) -> np.ndarray:
+    """One image -> uint8 [28, 28], light object on black, as in Fashion-MNIST.
+
+    ``source`` is a path, or the bytes of an image file (then ``name`` labels its errors).
+    """
+    gray = _read_grayscale(source, name)  # float in [0, 1]
     if invert == "yes" or (invert == "auto" and _border_is_light(gray)):
         gray = 1.0 - gray
     if gray.shape != (IMAGE_SIDE, IMAGE_SIDE):  # a 28x28 image keeps its framing
         gray = _fit_to_square(_trim(gray), IMAGE_SIDE)
     return np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
+
+
+def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[dict]]:
+    """Per row of logits, the ``top_k`` classes as ``{"label", "class", "prob"}``."""
+    top = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
+    return [
+        [
+            {"label": int(label), "class": class_names[int(label)], "prob": float(value)}
+            for value, label in zip(values, labels, strict=True)
+        ]
+        for values, labels in zip(top.values, top.indices, strict=True)
+    ]
+
+
+def check_top_k(top_k: int, class_names) -> None:
+    if not 1 <= top_k <= len(class_names):
+        raise FmnistError(f"--top-k must be in 1..{len(class_names)}, got {top_k}")
 
 
 def predict_images(
@@ -64,8 +85,7 @@ def predict_images(
     """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``,
     in the order of ``paths``; files are prepared, then run through ``model`` in batches."""
     names = model.spec.class_names
-    if top_k < 1 or top_k > len(names):
-        raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
+    check_top_k(top_k, names)
     if batch_size < 1:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
     results: list[dict] = []
@@ -79,26 +99,26 @@ def predict_images(
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
-        probs = torch.softmax(model.logits(images), dim=1)
-        top = probs.topk(top_k, dim=1)
-        for (index, _), values, labels in zip(chunk, top.values, top.indices, strict=True):
-            results[index]["top"] = [
-                {"label": int(label), "class": names[int(label)], "prob": float(value)}
-                for value, label in zip(values, labels, strict=True)
-            ]
+        tops = top_classes(model.logits(images), names, top_k)
+        for (index, _), top in zip(chunk, tops, strict=True):
+            results[index]["top"] = top
     return results
 
 
-def _read_grayscale(path: Path) -> np.ndarray:
+def _read_grayscale(source, name: str | None = None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
-    if not path.exists():
-        raise ImageError(f"{path}: file not found")
+    if isinstance(source, bytes):
+        path, source = name or "upload", io.BytesIO(source)
+    else:
+        path = source = Path(source)
+        if not path.exists():
+            raise ImageError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(path) as image:
+            with Image.open(source) as image:
                 if image.width * image.height > MAX_PIXELS or max(image.size) > MAX_SIDE:
                     raise ImageError(
                         f"{path}: {image.width}x{image.height} is too large to be a photo "

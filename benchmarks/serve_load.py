@@ -1,0 +1,206 @@
+"""Loopback load test of `fmnist-alexnet serve`: micro-batching against --max-batch 1.
+
+Starts the server twice on 127.0.0.1 (the default --max-batch 64, then --max-batch 1), and for
+each runs N concurrent clients (1, 8, 32, 128 by default), each sending one real test image
+per request for a fixed time. Reports requests/s, p50/p95/p99 latency, errors and the share of
+answers whose label equals offline `predict` on the same image file; then, optionally, a soak
+at one concurrency to see whether the server's memory stays flat. Bounded: every phase has a
+fixed duration and the whole run stops by itself. Only 127.0.0.1 is ever contacted.
+
+Usage: python benchmarks/serve_load.py CHECKPOINT [--seconds 10] [--clients 1 8 32 128]
+           [--soak-seconds 300 --soak-clients 32] [--out results.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from fmnist_alexnet.checkpoint import load_model
+from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.predict import predict_images
+
+HOST = "127.0.0.1"
+N_IMAGES = 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("checkpoint")
+    parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--soak-seconds", type=float, default=0.0)
+    parser.add_argument("--soak-clients", type=int, default=32)
+    parser.add_argument("--out")
+    args = parser.parse_args()
+    images, expected = offline_answers(args.checkpoint)
+    report: dict = {
+        "machine": machine(),
+        "checkpoint": args.checkpoint,
+        "seconds_per_level": args.seconds,
+        "runs": {},
+    }
+    for max_batch in (64, 1):
+        with running_server(args.checkpoint, max_batch) as (port, pid):
+            rows = []
+            for clients in args.clients:
+                row = asyncio.run(load(port, images, expected, clients, args.seconds))
+                row["rss_mb"] = rss_mb(pid)
+                rows.append(row)
+                print(f"max-batch {max_batch:3d} {format_row(row)}", flush=True)
+            report["runs"][f"max_batch_{max_batch}"] = rows
+            if args.soak_seconds and max_batch == 64:
+                start = rss_mb(pid)
+                row = asyncio.run(
+                    load(port, images, expected, args.soak_clients, args.soak_seconds)
+                )
+                row |= {"rss_mb_start": start, "rss_mb_end": rss_mb(pid)}
+                report["soak"] = row
+                print(
+                    f"soak {args.soak_seconds:.0f} s {format_row(row)} "
+                    f"RSS {start:.0f} -> {row['rss_mb_end']:.0f} MB",
+                    flush=True,
+                )
+    batched, single = (report["runs"][f"max_batch_{b}"] for b in (64, 1))
+    report["ratio_requests_per_s"] = {
+        str(b["clients"]): b["requests_per_s"] / s["requests_per_s"]
+        for b, s in zip(batched, single, strict=True)
+    }
+    print("requests/s, max-batch 64 over max-batch 1:", report["ratio_requests_per_s"])
+    text = json.dumps(report, indent=1)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+
+
+def offline_answers(checkpoint) -> tuple[list[bytes], list[int]]:
+    """The first N test images as PNG files, and `predict`'s top label for each file."""
+    test_images = load_splits(find_data())["test"][0][:N_IMAGES]
+    payloads = []
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = []
+        for i, image in enumerate(test_images):
+            buffer = io.BytesIO()
+            Image.fromarray(image).save(buffer, format="PNG")
+            payloads.append(buffer.getvalue())
+            paths.append(Path(tmp) / f"{i:04d}.png")
+            paths[-1].write_bytes(payloads[-1])
+        rows = predict_images(load_model(checkpoint, "cpu"), paths, top_k=1)
+    return payloads, [row["top"][0]["label"] for row in rows]
+
+
+async def load(port, images, expected, clients, seconds) -> dict:
+    url = f"http://{HOST}:{port}/v1/predict?top_k=1"
+    latencies, errors, right, answered = [], 0, 0, 0
+    stop_at = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+
+    async def client(worker: int, http: httpx.AsyncClient) -> None:
+        nonlocal errors, right, answered
+        i = worker
+        while time.perf_counter() < stop_at:
+            index = i % len(images)
+            i += clients
+            started = time.perf_counter()
+            try:
+                response = await http.post(url, files=[("files", (f"{index}.png", images[index]))])
+                result = response.json()["results"][0]
+                ok = response.status_code == 200 and "top" in result
+            except (httpx.HTTPError, ValueError, KeyError):
+                ok = False
+            latencies.append(time.perf_counter() - started)
+            if not ok:
+                errors += 1
+                continue
+            answered += 1
+            right += result["top"][0]["label"] == expected[index]
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(limits=limits, timeout=60) as http:
+        await asyncio.gather(*(client(w, http) for w in range(clients)))
+    elapsed = time.perf_counter() - started
+    ms = sorted(1000 * x for x in latencies)
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "requests_per_s": len(latencies) / elapsed,
+        "p50_ms": percentile(ms, 50),
+        "p95_ms": percentile(ms, 95),
+        "p99_ms": percentile(ms, 99),
+        "errors": errors,
+        "same_label_as_predict": right / answered if answered else 0.0,
+    }
+
+
+def percentile(sorted_values, q) -> float:
+    if not sorted_values:
+        return float("nan")
+    return sorted_values[min(len(sorted_values) - 1, round(q / 100 * (len(sorted_values) - 1)))]
+
+
+def format_row(row) -> str:
+    return (
+        f"clients {row['clients']:3d}: {row['requests_per_s']:7.1f} req/s, p50 "
+        f"{row['p50_ms']:6.1f} ms, p95 {row['p95_ms']:6.1f}, p99 {row['p99_ms']:6.1f}, "
+        f"errors {row['errors']}, same label {100 * row['same_label_as_predict']:.1f} %"
+    )
+
+
+class running_server:
+    """`fmnist-alexnet serve` on a free loopback port, stopped with SIGTERM on exit."""
+
+    def __init__(self, checkpoint, max_batch: int) -> None:
+        self.checkpoint, self.max_batch = checkpoint, max_batch
+
+    def __enter__(self):
+        with socket.socket() as s:
+            s.bind((HOST, 0))
+            self.port = s.getsockname()[1]
+        command = [sys.executable, "-m", "fmnist_alexnet", "serve", self.checkpoint]
+        command += ["--host", HOST, "--port", str(self.port), "--device", "cpu"]
+        command += ["--max-batch", str(self.max_batch)]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{HOST}:{self.port}/ready", timeout=2).status_code == 200:
+                    return self.port, self.proc.pid
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        self.proc.kill()
+        raise SystemExit("the server did not become ready")
+
+    def __exit__(self, *exc) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def machine() -> str:
+    model = "cpu"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            model = line.split(":", 1)[1].strip()
+            break
+    return f"{model}, {os.cpu_count()} cores"
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""The HTTP service: ``create_app`` builds a FastAPI app around a loaded classifier.
+
+Endpoints: ``POST /v1/predict`` (multipart, repeatable field ``files``), ``GET /v1/model``,
+``GET /v1/samples`` (real test images for the page), ``GET /health``, ``GET /ready``,
+``GET /metrics`` (Prometheus), ``GET /`` (the page), ``GET /docs`` (an offline API page).
+Uploads get the same preparation as ``predict``; the model runs in micro-batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from fmnist_alexnet.predict import Classifier, ImageError, prepare_image, top_classes
+from fmnist_alexnet.serve.batcher import MicroBatcher
+from fmnist_alexnet.serve.limits import BodyLimit
+from fmnist_alexnet.serve.metrics import ServeMetrics
+
+FILES_FIELD = "files"
+
+
+@dataclass(frozen=True)
+class ServeSettings:
+    max_batch: int = 64
+    max_wait_ms: float = 5.0
+    max_upload_mb: float = 10.0
+    max_files: int = 64
+    invert: str = "auto"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def create_app(
+    model: Classifier,
+    info: dict,
+    settings: ServeSettings | None = None,
+    samples: tuple[np.ndarray, np.ndarray] | None = None,
+) -> FastAPI:
+    """``info`` is what ``GET /v1/model`` answers; ``samples`` (images, labels) feed the
+    page's "try test images" button when the dataset was found."""
+    settings = settings or ServeSettings()
+    metrics = ServeMetrics(settings.max_batch)
+    batcher = MicroBatcher(
+        model.logits, settings.max_batch, settings.max_wait_ms, metrics.batch_size.observe
+    )
+    state = {"ready": False}
+    names = model.spec.class_names
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        await batcher.start()
+        warm = np.zeros((min(2, settings.max_batch), 28, 28), np.uint8)
+        await asyncio.get_running_loop().run_in_executor(None, batcher.forward, warm)
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        await batcher.stop()  # every request already accepted gets its answer
+
+    app = FastAPI(
+        title="fmnist-alexnet",
+        summary="AlexNet on Fashion-MNIST: classify clothing images",
+        version=info.get("version", "0"),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+    )
+    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        started = time.perf_counter()
+        response = await call_next(request)
+        metrics.observe_request(request.url.path, response.status_code, started)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        return JSONResponse({"error": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError):
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        return JSONResponse({"error": problems}, status_code=422)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException):
+        return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
+
+    @app.post("/v1/predict", summary="Classify uploaded images", openapi_extra=_PREDICT_DOC)
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=len(names), description="classes per image"),
+        preview: bool = Query(False, description="also return each 28x28 input as a PNG"),
+    ) -> dict:
+        """Upload one or more image files in the repeatable multipart field 'files'.
+        Results come back in request order: {"filename", "top": [{"label", "class", "prob"}]}
+        per file, or {"filename", "error"} for a file that could not be read.
+        """
+        uploads = await _read_uploads(request, settings.max_files)
+        loop = asyncio.get_running_loop()
+        prepared = await asyncio.gather(
+            *(
+                loop.run_in_executor(None, _prepare, data, name, settings.invert)
+                for name, data in uploads
+            )
+        )
+        results = [{"filename": name} for name, _ in uploads]
+        good = [i for i, item in enumerate(prepared) if isinstance(item, np.ndarray)]
+        for i, item in enumerate(prepared):
+            if not isinstance(item, np.ndarray):
+                results[i]["error"] = item
+        metrics.images.inc(len(good))
+        metrics.file_errors.inc(len(uploads) - len(good))
+        if good:
+            logits = await batcher.logits(np.stack([prepared[i] for i in good]))
+            for i, top in zip(good, top_classes(logits, names, top_k), strict=True):
+                results[i]["top"] = top
+                if preview:
+                    results[i]["image"] = _png_data_url(prepared[i])
+        return {"results": results}
+
+    @app.get("/v1/model", summary="The served model and its input contract")
+    async def model_info() -> dict:
+        return info
+
+    @app.get("/v1/samples", summary="Real test images with their true labels")
+    async def sample_images(count: int = Query(8, ge=1, le=32)) -> dict:
+        if samples is None:
+            raise ApiError(404, "the Fashion-MNIST test set was not found on the server")
+        images, labels = samples
+        picks = np.random.default_rng().choice(len(images), count, replace=False)
+        return {
+            "samples": [
+                {
+                    "index": int(i),
+                    "label": int(labels[i]),
+                    "class": names[int(labels[i])],
+                    "image": _png_data_url(images[i]),
+                }
+                for i in picks
+            ]
+        }
+
+    @app.get("/health", summary="The process is up")
+    async def health() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/ready", summary="The model is loaded and warmed up")
+    async def ready():
+        if not state["ready"]:
+            return JSONResponse({"ready": False}, status_code=503)
+        return {"ready": True}
+
+    @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        body, content_type = metrics.render()
+        return Response(body, media_type=content_type)
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(_static("index.html"))
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        return HTMLResponse(_static("docs.html"))
+
+    return app
+
+
+async def _read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
+    content_type = request.headers.get("content-type", "")
+    if not content_type.startswith("multipart/form-data"):
+        raise ApiError(415, f"send multipart/form-data with files in the field '{FILES_FIELD}'")
+    parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=16)
+    try:
+        form = await parser.parse()
+    except MultiPartException as exc:
+        if exc.message.startswith("Too many files"):
+            raise ApiError(413, f"more than {max_files} files in one request") from None
+        raise ApiError(422, f"malformed multipart body: {exc.message}") from None
+    try:
+        files = [item for item in form.getlist(FILES_FIELD) if not isinstance(item, str)]
+        if not files:
+            raise ApiError(422, f"no files in the multipart field '{FILES_FIELD}'")
+        return [(f.filename or f"file {i + 1}", await f.read()) for i, f in enumerate(files)]
+    finally:
+        await form.close()
+
+
+_BINARY = {"type": "string", "format": "binary"}
+_PREDICT_DOC = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": [FILES_FIELD],
+                    "properties": {FILES_FIELD: {"type": "array", "items": _BINARY}},
+                }
+            }
+        },
+    },
+    "responses": {
+        "413": {"description": "body over --max-upload-mb, or more files than --max-files"},
+        "415": {"description": "not multipart/form-data"},
+    },
+}
+
+
+def _prepare(data: bytes, name: str, invert: str) -> np.ndarray | str:
+    """The 28x28 input, or the error message of a file that could not be read."""
+    try:
+        return prepare_image(data, invert, name=name)
+    except ImageError as exc:
+        return str(exc)
+
+
+def _png_data_url(image: np.ndarray) -> str:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image, mode="L").save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _static(name: str) -> str:
+    return resources.files("fmnist_alexnet.serve").joinpath("static", name).read_text("utf-8")

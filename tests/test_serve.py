@@ -1,0 +1,269 @@
+"""The HTTP service: the same answers as `predict`, every limit, batching, a clean stop."""
+
+import hashlib
+import io
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from conftest import train_quietly
+from PIL import Image
+
+pytest.importorskip("fastapi")
+import httpx  # noqa: E402
+from fastapi.testclient import TestClient  # noqa: E402
+
+from fmnist_alexnet.checkpoint import load_model  # noqa: E402
+from fmnist_alexnet.data.sources import load_splits  # noqa: E402
+from fmnist_alexnet.predict import predict_images  # noqa: E402
+from fmnist_alexnet.serve.app import ServeSettings, create_app  # noqa: E402
+from fmnist_alexnet.serve.loading import load_served  # noqa: E402
+from fmnist_alexnet.serve.server import build_server  # noqa: E402
+
+SETTINGS = ServeSettings(max_batch=16, max_wait_ms=20, max_upload_mb=1, max_files=8)
+
+
+@pytest.fixture(scope="module")
+def best(module_tmp):
+    out = train_quietly(
+        module_tmp / "run", image_size=63, limit_train=512, limit_eval=64, epochs=1, batch_size=64
+    )
+    return out / "checkpoints" / "best.pt"
+
+
+@pytest.fixture(scope="module")
+def test_set(real_data):
+    images, labels = load_splits(real_data)["test"]
+    return images[:64], labels[:64]
+
+
+@pytest.fixture(scope="module")
+def client(best, test_set):
+    model, info = load_served(best, device="cpu")
+    with TestClient(create_app(model, info, SETTINGS, test_set)) as client:
+        yield client
+
+
+def png(array) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def upload(*named):
+    return [("files", (name, data, "image/png")) for name, data in named]
+
+
+@pytest.fixture(scope="module")
+def offline(best, test_set, tmp_path_factory):
+    """`predict` on the same images written as files: what the server must answer."""
+    folder = tmp_path_factory.mktemp("pngs")
+    for i, image in enumerate(test_set[0]):
+        (folder / f"{i:02d}.png").write_bytes(png(image))
+    rows = predict_images(load_model(best, "cpu"), [folder], top_k=3)
+    return [row["top"] for row in rows]
+
+
+def test_answers_in_request_order_as_predict_does_with_errors_in_place(client, test_set, offline):
+    files = upload(("a.png", png(test_set[0][0])), ("broken.png", b"not an image"))
+    files += upload(("b.png", png(test_set[0][1])))
+    response = client.post("/v1/predict?top_k=3", files=files)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    assert [r["filename"] for r in results] == ["a.png", "broken.png", "b.png"]
+    assert "not an image file" in results[1]["error"] and "top" not in results[1]
+    for result, expected in zip((results[0], results[2]), (offline[0], offline[1]), strict=True):
+        assert [t["label"] for t in result["top"]] == [t["label"] for t in expected]
+        assert [t["prob"] for t in result["top"]] == pytest.approx([t["prob"] for t in expected])
+
+
+def test_preview_is_the_28x28_input(client, test_set):
+    response = client.post("/v1/predict?preview=true", files=upload(("a.png", png(test_set[0][5]))))
+    data_url = response.json()["results"][0]["image"]
+    assert data_url.startswith("data:image/png;base64,")
+    import base64
+
+    image = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
+    assert np.array_equal(image, test_set[0][5])
+
+
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "message"),
+    [
+        ({"json": {"files": []}}, 415, "send multipart/form-data"),
+        ({"files": [("other", ("a.png", b"x", "image/png"))]}, 422, "no files in the multipart"),
+        (
+            {"content": b"--zz\r\nnonsense", "headers": {"content-type": "multipart/form-data"}},
+            422,
+            "malformed multipart body",
+        ),
+    ],
+)
+def test_unsupported_content_is_a_json_error(client, request_kwargs, status, message):
+    response = client.post("/v1/predict", **request_kwargs)
+    assert response.status_code == status
+    assert message in response.json()["error"]
+
+
+def test_limits(client, test_set):
+    one = png(test_set[0][0])
+    too_many = client.post("/v1/predict", files=upload(*[(f"{i}.png", one) for i in range(9)]))
+    assert too_many.status_code == 413 and "more than 8 files" in too_many.json()["error"]
+    big = upload(("big.png", os.urandom(2**20 + 10)))
+    assert client.post("/v1/predict", files=big).status_code == 413
+    # A chunked body with no Content-Length is counted as it arrives.
+    chunks = (b"x" * 65536 for _ in range(40))
+    streamed = client.post(
+        "/v1/predict",
+        content=chunks,
+        headers={"content-type": "multipart/form-data; boundary=zz"},
+    )
+    assert streamed.status_code == 413 and "over the limit of 1 MiB" in streamed.json()["error"]
+    bad_k = client.post("/v1/predict?top_k=11", files=upload(("a.png", one)))
+    assert bad_k.status_code == 422 and "top_k" in bad_k.json()["error"]
+
+
+def test_pixel_cap_refuses_an_image_before_decoding(client):
+    buffer = io.BytesIO()
+    Image.new("L", (9000, 5000)).save(buffer, format="PNG")  # 45 Mpx in a small file
+    response = client.post("/v1/predict", files=upload(("huge.png", buffer.getvalue())))
+    assert response.status_code == 200
+    assert "too large" in response.json()["results"][0]["error"]
+
+
+def test_model_health_ready_metrics_and_docs(client, best):
+    info = client.get("/v1/model").json()
+    assert info["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
+    assert info["arch"] == "alexnet" and info["parameters"] == 57_029_322
+    assert info["contract"]["image_size"] == 63 and len(info["classes"]) == 10
+    measured = json.loads((best.parent.parent / "test_metrics.json").read_text())
+    assert info["test_accuracy"] == measured["accuracy"]
+    assert client.get("/health").json() == {"status": "ok"}
+    assert client.get("/ready").json() == {"ready": True}
+    text = client.get("/metrics").text
+    assert "fmnist_batch_images_bucket" in text and 'path="/v1/predict"' in text
+    schema = client.get("/openapi.json").json()
+    assert "multipart/form-data" in schema["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    samples = client.get("/v1/samples?count=3").json()["samples"]
+    assert len(samples) == 3 and all(s["image"].startswith("data:image/png") for s in samples)
+    for page in ("/", "/docs"):
+        html = client.get(page).text
+        assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), page  # nothing fetched
+
+
+@pytest.fixture(scope="module")
+def live_server(best, test_set):
+    """A real uvicorn server on a free loopback port, in a thread."""
+    model, info = load_served(best, device="cpu")
+    app = create_app(model, info, SETTINGS, test_set)
+    server = build_server(app, "127.0.0.1", free_port())
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{server.config.port}"
+    wait_ready(base)
+    yield base
+    server.should_exit = True
+    thread.join(timeout=30)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(base, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(base + "/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise AssertionError(f"{base} never became ready")
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
+    live_server, test_set, offline
+):
+    def one(i):
+        files = upload((f"{i}.png", png(test_set[0][i])))
+        return httpx.post(live_server + "/v1/predict", files=files, timeout=60).json()
+
+    with ThreadPoolExecutor(32) as pool:
+        answers = list(pool.map(one, range(64)))
+    for i, answer in enumerate(answers):
+        (result,) = answer["results"]
+        assert result["filename"] == f"{i}.png"
+        assert result["top"][0]["label"] == offline[i][0]["label"], i
+    metrics = httpx.get(live_server + "/metrics").text
+    passes = float(re.search(r"^fmnist_batch_images_count (\S+)", metrics, re.M).group(1))
+    images = float(re.search(r"^fmnist_batch_images_sum (\S+)", metrics, re.M).group(1))
+    assert passes < images  # several requests shared forward passes
+
+
+def test_sigterm_answers_the_request_in_flight_then_exits_0(best):
+    port = free_port()
+    command = [sys.executable, "-m", "fmnist_alexnet", "serve", str(best), "--port", str(port)]
+    command += ["--device", "cpu", "--max-wait-ms", "1500"]  # the request waits in the batcher
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}")
+        image = png(np.zeros((28, 28), np.uint8))
+        with ThreadPoolExecutor(1) as pool:
+            pending = pool.submit(
+                httpx.post,
+                f"http://127.0.0.1:{port}/v1/predict",
+                files=upload(("z.png", image)),
+                timeout=60,
+            )
+            time.sleep(0.5)
+            proc.send_signal(signal.SIGTERM)
+            response = pending.result()
+        assert response.status_code == 200 and "top" in response.json()["results"][0]
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    assert "Traceback" not in stderr and "every accepted request was answered" in stdout
+
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.mark.skipif(
+    not os.path.exists(CHROMIUM), reason="no Debian chromium (make setup installs it as root)"
+)
+def test_the_page_in_a_real_browser_shows_what_predict_says(
+    live_server, test_set, offline, tmp_path
+):
+    sync_api = pytest.importorskip("playwright.sync_api")
+    image = tmp_path / "test-image-7.png"
+    image.write_bytes(png(test_set[0][7]))
+    broken = tmp_path / "notes.png"
+    broken.write_text("not an image")
+    with sync_api.sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 390, "height": 844})  # a phone's width
+            page.goto(live_server + "/")
+            page.set_input_files("#picker", [str(image), str(broken)])
+            page.wait_for_selector(".card .error")
+            cards = page.locator(".card")
+            assert cards.count() == 2
+            assert cards.nth(0).locator(".bar .label").first.inner_text() == offline[7][0]["class"]
+            assert "not an image file" in cards.nth(1).locator(".error").inner_text()
+            assert page.locator("#status").inner_text() == "1 classified, 1 could not be read"
+            page.screenshot(path=str(tmp_path / "page.png"), full_page=True)
+        finally:
+            browser.close()
