@@ -132,6 +132,28 @@ def test_limits(client, test_set):
     assert bad_k.status_code == 422 and "top_k" in bad_k.json()["error"]
 
 
+def test_random_bodies_never_get_a_500(client, test_set):
+    rng = np.random.default_rng(0)
+    real = png(test_set[0][0])
+    for trial in range(40):
+        noise = rng.bytes(int(rng.integers(0, 5000)))
+        if trial % 2:  # a well-formed upload of damaged file contents
+            cut = int(rng.integers(0, len(real)))
+            body = {"files": upload(("x.png", real[:cut] + noise[:50]))}
+        else:  # bytes that only claim to be multipart
+            boundary = "b" * int(rng.integers(1, 70))
+            header = f"multipart/form-data; boundary={boundary}"
+            body = {
+                "content": f"--{boundary}\r\n".encode() + noise,
+                "headers": {"content-type": header},
+            }
+        response = client.post("/v1/predict", **body)
+        assert response.status_code in (200, 413, 422), (trial, response.status_code)
+        assert response.headers["content-type"] == "application/json"
+        if response.status_code == 200:
+            assert all("top" in r or "error" in r for r in response.json()["results"])
+
+
 def test_pixel_cap_refuses_an_image_before_decoding(client):
     buffer = io.BytesIO()
     Image.new("L", (9000, 5000)).save(buffer, format="PNG")  # 45 Mpx in a small file
