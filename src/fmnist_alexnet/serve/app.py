@@ -56,10 +56,14 @@ def create_app(
     page's "try test images" button when the dataset was found."""
     settings = settings or ServeSettings()
     metrics = ServeMetrics(settings.max_batch)
+    state = {"ready": False, "arriving": 0}  # requests received, images not yet queued
     batcher = MicroBatcher(
-        model.logits, settings.max_batch, settings.max_wait_ms, metrics.batch_size.observe
+        model.logits,
+        settings.max_batch,
+        settings.max_wait_ms,
+        on_batch=metrics.batch_size.observe,
+        expecting=lambda: state["arriving"],
     )
-    state = {"ready": False}
     names = model.spec.class_names
 
     @asynccontextmanager
@@ -114,14 +118,18 @@ def create_app(
         Results come back in request order: {"filename", "top": [{"label", "class", "prob"}]}
         per file, or {"filename", "error"} for a file that could not be read.
         """
-        uploads = await _read_uploads(request, settings.max_files)
-        loop = asyncio.get_running_loop()
-        prepared = await asyncio.gather(
-            *(
-                loop.run_in_executor(None, _prepare, data, name, settings.invert)
-                for name, data in uploads
+        state["arriving"] += 1
+        try:
+            uploads = await _read_uploads(request, settings.max_files)
+            loop = asyncio.get_running_loop()
+            prepared = await asyncio.gather(
+                *(
+                    loop.run_in_executor(None, _prepare, data, name, settings.invert)
+                    for name, data in uploads
+                )
             )
-        )
+        finally:
+            state["arriving"] -= 1
         results = [{"filename": name} for name, _ in uploads]
         good = [i for i, item in enumerate(prepared) if isinstance(item, np.ndarray)]
         for i, item in enumerate(prepared):

@@ -3,7 +3,9 @@
 Each request hands its prepared images to :meth:`MicroBatcher.logits` and awaits its own
 rows back. One worker task takes the first waiting request, then gathers more until it has
 ``max_batch`` images or ``max_wait_ms`` have passed, runs the model once in a worker thread
-(off the event loop), and splits the logits back by request.
+(off the event loop), and splits the logits back by request. A request that comes alone
+(the last pass served one request and ``expecting()`` says no other is being received) runs
+at once instead of waiting for company that is not coming.
 """
 
 from __future__ import annotations
@@ -31,13 +33,16 @@ class MicroBatcher:
         max_batch: int = 64,
         max_wait_ms: float = 5.0,
         on_batch: Callable[[int], None] | None = None,
+        expecting: Callable[[], int] = lambda: 1,
     ) -> None:
         self.logits_fn = logits_fn
+        self.expecting = expecting
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Job | None] | None = None
         self._worker: asyncio.Task | None = None
+        self._shared_last_pass = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
 
     async def start(self) -> None:
@@ -80,6 +85,8 @@ class MicroBatcher:
             jobs, count = [job], len(job.images)
             deadline = loop.time() + self.max_wait_s
             while count < self.max_batch:
+                if self._queue.empty() and not self.expecting() and not self._shared_last_pass:
+                    break  # a lone request: do not wait
                 try:
                     if self._queue.empty():
                         waited = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
@@ -92,6 +99,7 @@ class MicroBatcher:
                     break
                 jobs.append(waited)
                 count += len(waited.images)
+            self._shared_last_pass = len(jobs) > 1
             images = np.concatenate([j.images for j in jobs])
             self.on_batch(len(images))
             try:
