@@ -290,6 +290,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("--port", type=int, default=8000, help="default 8000")
     serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     _device_flag(serve)
+    _precision_flag(serve)
     serve.add_argument("--max-batch", type=int, default=64, help="images per forward pass (64)")
     serve.add_argument(
         "--max-wait-ms", type=float, default=5.0, help="wait for more requests to batch (5)"
@@ -532,6 +533,7 @@ def _serve(args) -> int:
         port=args.port,
         engine=args.engine,
         device=args.device,
+        precision=args.precision,
         settings=settings,
         data_dir=args.data_dir,
         log=lambda line: print(line, flush=True),

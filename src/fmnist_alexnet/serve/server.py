@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import socket
 import threading
 
 import uvicorn
@@ -44,13 +45,15 @@ def serve(
     port: int = 8000,
     engine: str = "torch",
     device: str = "auto",
+    precision: str = "auto",
     settings: ServeSettings | None = None,
     data_dir=None,
     log=print,
 ) -> None:
     settings = settings or ServeSettings()
     check_settings(settings, port)
-    model, info = load_served(model_path, engine, device)
+    check_address(host, port)
+    model, info = load_served(model_path, engine, device, precision)
     app = create_app(model, info, settings, _test_samples(data_dir))
     server = build_server(app, host, port)
     log(f"serving {info['file']} ({info['arch']}, {info['engine']}) on http://{host}:{port}/")
@@ -75,6 +78,18 @@ def check_settings(settings: ServeSettings, port: int) -> None:
         raise FmnistError(f"--max-wait-ms must be >= 0, got {settings.max_wait_ms}")
     if not 0 <= port <= 65535:
         raise FmnistError(f"--port must be in 0..65535, got {port}")
+
+
+def check_address(host: str, port: int) -> None:
+    """Fail with one line before loading anything when the address cannot be listened on."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind(address)
+    except OSError as exc:
+        raise FmnistError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
 def _test_samples(data_dir):
