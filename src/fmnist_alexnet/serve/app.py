@@ -13,7 +13,7 @@ import base64
 import io
 import time
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import numpy as np
@@ -46,6 +46,44 @@ class ApiError(Exception):
         self.status, self.message = status, message
 
 
+@dataclass
+class _Service:
+    """What the routes share: the model, its batcher and metrics, and two counters."""
+
+    model: Classifier
+    info: dict
+    settings: ServeSettings
+    samples: tuple[np.ndarray, np.ndarray] | None
+    metrics: ServeMetrics = field(init=False)
+    batcher: MicroBatcher = field(init=False)
+    ready: bool = False
+    arriving: int = 0  # requests received whose images are not queued yet
+
+    def __post_init__(self) -> None:
+        self.metrics = ServeMetrics(self.settings.max_batch)
+        self.batcher = MicroBatcher(
+            self.model.logits,
+            self.settings.max_batch,
+            self.settings.max_wait_ms,
+            on_batch=self.metrics.batch_size.observe,
+            expecting=lambda: self.arriving,
+        )
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return self.model.spec.class_names
+
+    @asynccontextmanager
+    async def lifespan(self, app: FastAPI):
+        await self.batcher.start()
+        warm = np.zeros((min(2, self.settings.max_batch), 28, 28), np.uint8)
+        await asyncio.get_running_loop().run_in_executor(None, self.batcher.forward, warm)
+        self.ready = True
+        yield
+        self.ready = False
+        await self.batcher.stop()  # every request already accepted gets its answer
+
+
 def create_app(
     model: Classifier,
     info: dict,
@@ -54,44 +92,35 @@ def create_app(
 ) -> FastAPI:
     """``info`` is what ``GET /v1/model`` answers; ``samples`` (images, labels) feed the
     page's "try test images" button when the dataset was found."""
-    settings = settings or ServeSettings()
-    metrics = ServeMetrics(settings.max_batch)
-    state = {"ready": False, "arriving": 0}  # requests received, images not yet queued
-    batcher = MicroBatcher(
-        model.logits,
-        settings.max_batch,
-        settings.max_wait_ms,
-        on_batch=metrics.batch_size.observe,
-        expecting=lambda: state["arriving"],
-    )
-    names = model.spec.class_names
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        await batcher.start()
-        warm = np.zeros((min(2, settings.max_batch), 28, 28), np.uint8)
-        await asyncio.get_running_loop().run_in_executor(None, batcher.forward, warm)
-        state["ready"] = True
-        yield
-        state["ready"] = False
-        await batcher.stop()  # every request already accepted gets its answer
-
+    service = _Service(model, info, settings or ServeSettings(), samples)
     app = FastAPI(
         title="fmnist-alexnet",
         summary="AlexNet on Fashion-MNIST: classify clothing images",
         version=info.get("version", "0"),
-        lifespan=lifespan,
+        lifespan=service.lifespan,
         docs_url=None,
         redoc_url=None,
     )
-    app.add_middleware(BodyLimit, max_bytes=int(settings.max_upload_mb * 2**20))
+    app.add_middleware(BodyLimit, max_bytes=int(service.settings.max_upload_mb * 2**20))
+    _add_request_metrics(app, service.metrics)
+    _add_error_handlers(app)
+    _add_predict(app, service)
+    _add_facts(app, service)
+    _add_pages(app)
+    return app
 
+
+def _add_request_metrics(app: FastAPI, metrics: ServeMetrics) -> None:
     @app.middleware("http")
     async def count_requests(request: Request, call_next):
         started = time.perf_counter()
         response = await call_next(request)
         metrics.observe_request(request.url.path, response.status_code, started)
         return response
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Every error is JSON ``{"error": "..."}``."""
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -108,17 +137,21 @@ def create_app(
     async def http_error(request: Request, exc: HTTPException):
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
+
+def _add_predict(app: FastAPI, service: _Service) -> None:
+    settings = service.settings
+
     @app.post("/v1/predict", summary="Classify uploaded images", openapi_extra=_PREDICT_DOC)
     async def predict(
         request: Request,
-        top_k: int = Query(3, ge=1, le=len(names), description="classes per image"),
+        top_k: int = Query(3, ge=1, le=len(service.names), description="classes per image"),
         preview: bool = Query(False, description="also return each 28x28 input as a PNG"),
     ) -> dict:
         """Upload one or more image files in the repeatable multipart field 'files'.
         Results come back in request order: {"filename", "top": [{"label", "class", "prob"}]}
         per file, or {"filename", "error"} for a file that could not be read.
         """
-        state["arriving"] += 1
+        service.arriving += 1
         try:
             uploads = await _read_uploads(request, settings.max_files)
             loop = asyncio.get_running_loop()
@@ -129,31 +162,34 @@ def create_app(
                 )
             )
         finally:
-            state["arriving"] -= 1
+            service.arriving -= 1
         results = [{"filename": name} for name, _ in uploads]
         good = [i for i, item in enumerate(prepared) if isinstance(item, np.ndarray)]
         for i, item in enumerate(prepared):
             if not isinstance(item, np.ndarray):
                 results[i]["error"] = item
-        metrics.images.inc(len(good))
-        metrics.file_errors.inc(len(uploads) - len(good))
+        service.metrics.images.inc(len(good))
+        service.metrics.file_errors.inc(len(uploads) - len(good))
         if good:
-            logits = await batcher.logits(np.stack([prepared[i] for i in good]))
-            for i, top in zip(good, top_classes(logits, names, top_k), strict=True):
+            logits = await service.batcher.logits(np.stack([prepared[i] for i in good]))
+            for i, top in zip(good, top_classes(logits, service.names, top_k), strict=True):
                 results[i]["top"] = top
                 if preview:
                     results[i]["image"] = _png_data_url(prepared[i])
         return {"results": results}
 
+
+def _add_facts(app: FastAPI, service: _Service) -> None:
     @app.get("/v1/model", summary="The served model and its input contract")
     async def model_info() -> dict:
-        return info
+        return service.info
 
     @app.get("/v1/samples", summary="Real test images with their true labels")
     async def sample_images(count: int = Query(8, ge=1, le=32)) -> dict:
-        if samples is None:
+        if service.samples is None:
             raise ApiError(404, "the Fashion-MNIST test set was not found on the server")
-        images, labels = samples
+        images, labels = service.samples
+        names = service.names
         picks = np.random.default_rng().choice(len(images), count, replace=False)
         return {
             "samples": [
@@ -173,15 +209,17 @@ def create_app(
 
     @app.get("/ready", summary="The model is loaded and warmed up")
     async def ready():
-        if not state["ready"]:
+        if not service.ready:
             return JSONResponse({"ready": False}, status_code=503)
         return {"ready": True}
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def prometheus() -> Response:
-        body, content_type = metrics.render()
+        body, content_type = service.metrics.render()
         return Response(body, media_type=content_type)
 
+
+def _add_pages(app: FastAPI) -> None:
     @app.get("/", include_in_schema=False)
     async def page() -> HTMLResponse:
         return HTMLResponse(_static("index.html"))
@@ -189,8 +227,6 @@ def create_app(
     @app.get("/docs", include_in_schema=False)
     async def docs() -> HTMLResponse:
         return HTMLResponse(_static("docs.html"))
-
-    return app
 
 
 async def _read_uploads(request: Request, max_files: int) -> list[tuple[str, bytes]]:
