@@ -71,13 +71,17 @@ def test_format_1_checkpoints_still_load(tmp_path):
     assert again.spec == checkpoint.spec and again.step == 7
 
 
-@pytest.mark.parametrize(("version", "shown"), [(3, "3"), (None, "None"), ("x", "'x'")])
-def test_a_newer_or_unknown_format_is_one_clear_error(tmp_path, version, shown):
+@pytest.mark.parametrize(
+    ("version", "shown", "says"),
+    [(3, "3", "upgrade to load it"), (None, "None", "no fmnist-alexnet"), ("x", "'x'", "no fm")],
+)
+def test_a_newer_or_unknown_format_is_one_clear_error(tmp_path, version, shown, says):
     state = small_checkpoint().to_state()
     state["format_version"] = version
     torch.save(state, tmp_path / "new.pt")
-    with pytest.raises(FmnistError, match=f"checkpoint format {shown} is not one"):
+    with pytest.raises(FmnistError, match=f"checkpoint format {shown} is not one") as error:
         load_checkpoint(tmp_path / "new.pt")
+    assert says in str(error.value) and "\n" not in str(error.value)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):

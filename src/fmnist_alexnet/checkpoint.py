@@ -68,10 +68,15 @@ class Checkpoint:
             raise FmnistError(f"{path}: not an fmnist-alexnet checkpoint (no model/config)")
         version = state.get("format_version")
         if version not in READABLE_VERSIONS:
+            newer = isinstance(version, int) and version > FORMAT_VERSION
             raise FmnistError(
                 f"{path}: checkpoint format {version!r} is not one this version of "
                 f"fmnist-alexnet reads ({', '.join(map(str, READABLE_VERSIONS))}); "
-                "a newer fmnist-alexnet wrote it: upgrade to load it"
+                + (
+                    "a newer fmnist-alexnet wrote it: upgrade to load it"
+                    if newer
+                    else "no fmnist-alexnet writes that format"
+                )
             )
         spec_values = state["spec"] if version >= 2 else _spec_of_format_1(state["config"])
         return cls(
