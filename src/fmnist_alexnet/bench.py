@@ -28,7 +28,6 @@ import torch
 from fmnist_alexnet import runtime
 from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.data.batches import eval_batches
-from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import (
     Distributed,
@@ -133,7 +132,8 @@ def bench(
 
 
 def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _LoaderRunner:
-    """The seed preset's step in fp32, NCHW, uncompiled, on per-sample PIL-resized images."""
+    """The seed preset's step in fp32, NCHW, uncompiled, on per-sample PIL-resized copies of
+    the training images ``data`` already holds."""
     seed_config = resolve(
         "seed",
         {
@@ -150,7 +150,7 @@ def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _Load
     # The seed used 4 workers whatever the machine; torch warns when that exceeds the cores,
     # which is the point of the comparison here.
     warnings.filterwarnings("ignore", message="This DataLoader will create")
-    images, labels = load_splits(find_data(config.data_dir))["train"]
+    images, labels = data.train.images[:, 0].cpu().numpy(), data.train.labels.cpu().numpy()
     loader = torch.utils.data.DataLoader(
         SeedStyleDataset(images, labels, config.image_size),
         batch_size=config.batch_size,

@@ -10,7 +10,7 @@ from torch import nn
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, validation_split
-from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import Distributed, autocast
 
@@ -97,13 +97,13 @@ def evaluate_checkpoint(
     if batch_size <= 0:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
     loaded = load_model(path, device, precision)
-    splits = load_splits(find_data(data_dir))
+    if split == "val" and not loaded.config.val_size:
+        raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")
+    source = find_data(data_dir)
     if split == "test":
-        data = DeviceData.from_numpy(*splits["test"], loaded.device)
+        data = DeviceData.from_numpy(*load_split(source, "test"), loaded.device)
     else:
-        if not loaded.config.val_size:
-            raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")
-        full = DeviceData.from_numpy(*splits["train"], loaded.device)
+        full = DeviceData.from_numpy(*load_split(source, "train"), loaded.device)
         _, data = validation_split(full, loaded.config.val_size, loaded.config.split_seed)
     result = evaluate(
         loaded.model,

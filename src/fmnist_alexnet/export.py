@@ -20,7 +20,7 @@ import torch
 
 from fmnist_alexnet.atomic import atomic_write_bytes
 from fmnist_alexnet.checkpoint import load_model
-from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.spec import ModelSpec
 
@@ -48,7 +48,7 @@ def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_I
     out = Path(out)
     atomic_write_bytes(out, writer(model, example, json.dumps(spec.export_contract())))
 
-    images = load_splits(find_data(data_dir))["test"][0][:check_images]
+    images = load_split(find_data(data_dir), "test")[0][:check_images]
     inputs = loaded.preprocess(torch.from_numpy(images.copy())[:, None])
     with torch.no_grad():
         reference = model(inputs).numpy()

@@ -74,18 +74,14 @@ def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[dict
     ]
 
 
-def check_top_k(top_k: int, class_names) -> None:
-    if not 1 <= top_k <= len(class_names):
-        raise FmnistError(f"--top-k must be in 1..{len(class_names)}, got {top_k}")
-
-
 def predict_images(
     model: Classifier, paths, *, top_k: int = 3, invert: str = "auto", batch_size: int = 64
 ) -> list[dict]:
     """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``,
     in the order of ``paths``; files are prepared, then run through ``model`` in batches."""
     names = model.spec.class_names
-    check_top_k(top_k, names)
+    if not 1 <= top_k <= len(names):
+        raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
     if batch_size < 1:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
     results: list[dict] = []

@@ -11,7 +11,7 @@ import torch
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
 from fmnist_alexnet.checkpoint import LoadedModel, load_model
 from fmnist_alexnet.config import PRESETS, TrainConfig
-from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import per_class_accuracy
 from fmnist_alexnet.model import count_parameters
@@ -34,7 +34,7 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
     config = json.loads((run.path / "config.json").read_text())
     history = run.read_metrics()
     loaded = load_model(best, device)
-    images, labels = load_splits(find_data(data_dir or loaded.config.data_dir))["test"]
+    images, labels = load_split(find_data(data_dir or loaded.config.data_dir), "test")
     probs = _probabilities(loaded, images)
     predictions = probs.argmax(1)
     names = loaded.spec.class_names

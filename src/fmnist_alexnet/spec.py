@@ -74,7 +74,8 @@ class ModelSpec:
         }
 
     def export_contract(self) -> dict:
-        return {key: self.to_dict()[key] for key in (*EXPORT_FIELDS, "class_names")}
+        values = self.to_dict()
+        return {key: values[key] for key in (*EXPORT_FIELDS, "class_names")}
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.mean, self.std, self.resize_mode)

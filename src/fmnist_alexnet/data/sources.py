@@ -85,13 +85,21 @@ def find_data(data_dir: str | Path | None = None) -> DataSource:
     raise FmnistError(f"no Fashion-MNIST data found (looked in {looked}); {FIX_HINT}")
 
 
+SPLIT_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def load_split(source: DataSource, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """One split's ``(images, labels)`` as uint8 arrays; only its two files are read."""
+    images, labels = SPLIT_FILES[name]
+    return read_split(source.files[images], source.files[labels])
+
+
 def load_splits(source: DataSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``{"train": (images, labels), "test": (images, labels)}`` as uint8 arrays."""
-    f = source.files
-    return {
-        "train": read_split(f["train-images-idx3-ubyte"], f["train-labels-idx1-ubyte"]),
-        "test": read_split(f["t10k-images-idx3-ubyte"], f["t10k-labels-idx1-ubyte"]),
-    }
+    return {name: load_split(source, name) for name in SPLIT_FILES}
 
 
 def verify(source: DataSource) -> dict[str, bool]:

@@ -94,9 +94,9 @@ def check_address(host: str, port: int) -> None:
 
 def _test_samples(data_dir):
     """The real test set for the page's "try test images", or None when it is not found."""
-    from fmnist_alexnet.data.sources import find_data, load_splits
+    from fmnist_alexnet.data.sources import find_data, load_split
 
     try:
-        return load_splits(find_data(data_dir))["test"]
+        return load_split(find_data(data_dir), "test")
     except FmnistError:
         return None
