@@ -27,7 +27,7 @@ def small_checkpoint(arch="alexnet", weights_arch=None, **config):
 def test_save_then_load_with_weights_only(tmp_path):
     path = save_checkpoint(tmp_path / "a.pt", small_checkpoint(image_size=96, precision="fp32"))
     state = torch.load(path, weights_only=True)
-    assert state["format_version"] == FORMAT_VERSION == 2
+    assert state["format_version"] == FORMAT_VERSION == 3
     assert state["spec"]["image_size"] == 96 and state["spec"]["num_classes"] == 10
     loaded = load_model(path, "cpu")
     assert torch.equal(loaded.model.features[0].weight, state["model"]["features.0.weight"])
@@ -66,14 +66,16 @@ def test_format_1_checkpoints_still_load(tmp_path):
     assert (checkpoint.epoch, checkpoint.step, checkpoint.ema_updates) == (1, 7, 7)
     assert checkpoint.best_val_acc == 0.5 and checkpoint.config.image_size == 72
     assert load_model(tmp_path / "v1.pt", "cpu", "fp32").spec.image_size == 72
-    # Saved again, it is format 2 with the same contents.
-    again = load_checkpoint(save_checkpoint(tmp_path / "v2.pt", checkpoint))
+    # Saved again, it is the current format with the same contents; early stopping's
+    # counters (format 3) start at zero.
+    again = load_checkpoint(save_checkpoint(tmp_path / "v3.pt", checkpoint))
     assert again.spec == checkpoint.spec and again.step == 7
+    assert (again.stale_epochs, again.plateau_best) == (0, None)
 
 
 @pytest.mark.parametrize(
     ("version", "shown", "says"),
-    [(3, "3", "upgrade to load it"), (None, "None", "no fmnist-alexnet"), ("x", "'x'", "no fm")],
+    [(4, "4", "upgrade to load it"), (None, "None", "no fmnist-alexnet"), ("x", "'x'", "no fm")],
 )
 def test_a_newer_or_unknown_format_is_one_clear_error(tmp_path, version, shown, says):
     state = small_checkpoint().to_state()

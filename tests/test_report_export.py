@@ -16,7 +16,8 @@ from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
-from fmnist_alexnet.report import model_card, reproduce_command
+from fmnist_alexnet.recipe import reproduce_command
+from fmnist_alexnet.report import model_card
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,9 @@ def test_run_folder_contents(straight_run):
         "lr",
         "images_per_sec",
         "elapsed_s",
+        "stop",
     }
-    assert set(rows[0]) == expected
+    assert set(rows[0]) == expected and rows[1]["stop"] is None
     assert rows[1]["step"] == 2 * (256 // 32)
     state = torch.load(straight_run / "checkpoints" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
@@ -63,6 +64,25 @@ def test_run_folder_contents(straight_run):
     test = json.loads((straight_run / "test_metrics.json").read_text())
     assert test["n"] == 64 and 0 <= test["accuracy"] <= 1
     assert not list((straight_run / "checkpoints").glob("*.tmp"))
+
+
+def test_tensorboard_holds_the_run_as_its_metrics_say(straight_run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(straight_run / "tensorboard"))
+    events.Reload()
+    rows = [json.loads(line) for line in (straight_run / "metrics.jsonl").read_text().splitlines()]
+    # every 10 steps and at each epoch's end (8 steps an epoch)
+    assert [e.step for e in events.Scalars("train/loss")] == [8, 10, 16]
+    assert [e.step for e in events.Scalars("train/lr")] == [8, 10, 16]
+    assert all(e.value > 0 for e in events.Scalars("train/images_per_sec"))
+    for tag, key in (("epoch/val_acc", "val_acc"), ("epoch/train_loss", "train_loss")):
+        assert [(e.step, e.value) for e in events.Scalars(tag)] == [
+            (row["step"], pytest.approx(row[key])) for row in rows
+        ]
+    test = json.loads((straight_run / "test_metrics.json").read_text())
+    assert [e.value for e in events.Scalars("test/accuracy")] == [pytest.approx(test["accuracy"])]
+    assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/samples"}
 
 
 def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):

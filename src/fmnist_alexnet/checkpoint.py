@@ -3,13 +3,15 @@ version, and loading a model for inference with its input contract.
 
 A checkpoint file is a dict written by ``torch.save`` and read with ``weights_only=True``:
 
-- ``format_version``: 2 (1 is still read: it had no ``spec``, which its config implies);
+- ``format_version``: 3 (1 and 2 are still read: 1 had no ``spec``, which its config
+  implies; 2 had no early-stopping counters, which start at zero);
 - ``spec``: the :class:`ModelSpec` (architecture, classes, input contract, precision);
 - ``config``: the run's resolved :class:`TrainConfig` as a dict;
 - ``model``: the weights to evaluate, the moving average when ``--ema`` is on; then
   ``train_model`` and ``ema_updates`` hold the weights being trained;
 - ``optimizer``, ``scheduler``, ``rng`` and ``epoch_sums``: what an exact resume needs;
-- ``epoch``, ``step`` (completed), ``best_epoch``, ``best_val_acc``, ``elapsed_s``.
+- ``epoch``, ``step`` (completed), ``best_epoch``, ``best_val_acc``, ``elapsed_s``;
+- ``stale_epochs``, ``plateau_best``: where early stopping stands.
 """
 
 from __future__ import annotations
@@ -30,8 +32,8 @@ from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import autocast, resolve_device, resolve_precision
 from fmnist_alexnet.spec import ModelSpec
 
-FORMAT_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass
@@ -50,6 +52,8 @@ class Checkpoint:
     ema_updates: int = 0
     epoch_sums: torch.Tensor | None = None  # loss*n, correct, n of the epoch in progress
     rng: dict | None = None
+    stale_epochs: int = 0
+    plateau_best: float | None = None
 
     def to_state(self) -> dict:
         state = {
@@ -140,6 +144,8 @@ def capture(model, optimizer, scheduler, ema, config: TrainConfig, progress) -> 
         best_val_acc=progress.best_val_acc,
         elapsed_s=progress.elapsed_s(),
         epoch_sums=progress.epoch_sums().clone(),
+        stale_epochs=progress.stale_epochs,
+        plateau_best=progress.plateau_best,
         rng={
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],

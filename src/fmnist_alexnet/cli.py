@@ -57,6 +57,10 @@ TRAIN_HELP = {
     "data_dir": "folder with the four IDX files, .gz or raw (default: found as `data info` says)",
     "out": "run folder (default: runs/<timestamp>-<preset>)",
     "progress": "progress bar on a terminal",
+    "log_every": "steps between progress updates, TensorBoard points and the finite-loss check",
+    "tensorboard": "TensorBoard event files in OUT/tensorboard (needs the tensorboard extra)",
+    "early_stop": "stop after N epochs in a row without a validation-accuracy gain (0: off)",
+    "min_delta": "the validation-accuracy gain that counts for --early-stop",
 }
 _METAVARS = {
     "ema": "DECAY",
@@ -68,6 +72,9 @@ _METAVARS = {
     "limit_eval": "N",
     "data_dir": "DIR",
     "out": "DIR",
+    "log_every": "N",
+    "early_stop": "N",
+    "min_delta": "D",
 }
 # The config fields `bench` takes as flags, overriding its preset as `train`'s do.
 BENCH_FLAGS = (
@@ -129,6 +136,12 @@ def add_train_flags(parser: argparse.ArgumentParser, names=None) -> None:
 def _train_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preset", choices=list(PRESETS), help="named defaults (default: quick)")
     p.add_argument(
+        "--config",
+        metavar="FILE",
+        help="a recipe: a TOML file of settings (e.g. tune's best_recipe.toml) or a run's "
+        "config.json (its rerun goes to a new folder); flags given here override it",
+    )
+    p.add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue from a checkpoint (auto: OUT/checkpoints/last.pt); "
@@ -170,6 +183,7 @@ def _commands() -> dict:
         "export": (_add_export, _export),
         "bench": (_add_bench, _bench),
         "serve": (_add_serve, _serve),
+        "tune": (_add_tune, _tune),
     }
 
 
@@ -302,6 +316,39 @@ def _add_serve(commands) -> None:
     serve.add_argument("--data-dir", help="the dataset, for the page's test images")
 
 
+def _add_tune(commands) -> None:
+    tune = commands.add_parser(
+        "tune",
+        help="search hyperparameters with Optuna; each trial is an ordinary run",
+        description="Optuna's TPE sampler and median pruner over training runs, selected on "
+        "validation accuracy; the best trial is tested once at the end. The study lives in "
+        "OUT/study.db (or --storage): the same command again adds trials; several processes "
+        "or machines given one --storage URL and --study work on one study. Train flags "
+        "given here are fixed for every trial (and taken out of the search space).",
+    )
+    tune.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
+    tune.add_argument("--out", metavar="DIR", help="tune folder (default: tunes/STUDY)")
+    tune.add_argument("--trials", type=int, default=20, help="trials to add (20)")
+    tune.add_argument("--timeout", type=float, metavar="S", help="start no trial after S s")
+    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (OUT/study.db)")
+    tune.add_argument("--study", default="fmnist-alexnet", help="study name (fmnist-alexnet)")
+    tune.add_argument(
+        "--space",
+        metavar="FILE",
+        help="TOML search space replacing the default one (lr, weight_decay, label_smoothing, "
+        "dropout, image_size 64/96/128, batch_size 64/128/256)",
+    )
+    tune.add_argument("--startup-trials", type=int, default=5, help="random trials first (5)")
+    tune.add_argument(
+        "--prune-startup", type=int, default=3, help="completed trials before pruning (3)"
+    )
+    tune.add_argument(
+        "--prune-warmup", type=int, default=1, help="epochs before a trial can be pruned (1)"
+    )
+    tune.add_argument("--sampler-seed", type=int, help="seed of the sampler (reproducible)")
+    add_train_flags(tune, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"])
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -321,17 +368,22 @@ def _given(args, names) -> dict:
 
 def _train(args) -> int:
     from fmnist_alexnet.plan import plan_run
+    from fmnist_alexnet.recipe import read_recipe
     from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
-    from fmnist_alexnet.train import TrainingInterrupted, summary_line, train
+    from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, summary_line, train
 
     overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
-    config, resume = plan_run(args.preset, overrides, args.resume)
+    recipe = read_recipe(args.config) if args.config else None
+    config, resume = plan_run(args.preset, overrides, args.resume, recipe)
     dist = init_distributed(config.device)
     try:
         result = train(config, resume, dist)
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
         return 130
+    except TrainingDiverged as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 3
     finally:
         shutdown_distributed()
     if dist.is_main:
@@ -538,4 +590,45 @@ def _serve(args) -> int:
         data_dir=args.data_dir,
         log=lambda line: print(line, flush=True),
     )
+    return 0
+
+
+def _tune(args) -> int:
+    from pathlib import Path
+
+    from fmnist_alexnet.tune import DEFAULT_SPACE, TuneSettings, read_space, tune
+
+    for name in ("trials", "startup_trials", "prune_startup", "prune_warmup"):
+        least = 1 if name == "trials" else 0
+        if getattr(args, name) < least:
+            flag = "--" + name.replace("_", "-")
+            raise FmnistError(f"{flag} must be >= {least}, got {getattr(args, name)}")
+    if args.timeout is not None and not args.timeout > 0:
+        raise FmnistError(f"--timeout must be > 0 seconds, got {args.timeout}")
+    names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("out", "preset")]
+    fixed = _given(args, names)
+    settings = TuneSettings(
+        out=Path(args.out or Path("tunes") / args.study),
+        trials=args.trials,
+        timeout=args.timeout,
+        storage=args.storage,
+        study=args.study,
+        space=read_space(args.space) if args.space else dict(DEFAULT_SPACE),
+        startup_trials=args.startup_trials,
+        prune_startup=args.prune_startup,
+        prune_warmup=args.prune_warmup,
+        sampler_seed=args.sampler_seed,
+    )
+    summary = tune(args.preset, fixed, settings, log=lambda line: print(line, flush=True))
+    counts = ", ".join(f"{n} {state}" for state, n in summary["trials"].items() if n)
+    print(f"study {summary['study']}: {counts}; report: {settings.out / 'tune_report.md'}")
+    best = summary["best"]
+    if best is None:
+        print("no trial completed: nothing to recommend")
+        return 1
+    print(
+        f"best: trial {best['trial']}, val acc {best['val_acc']:.4f}, test acc "
+        f"{best['test_acc']:.4f} (tested once); recipe {settings.out / 'best_recipe.toml'}"
+    )
+    print(f"  {best['command']}")
     return 0

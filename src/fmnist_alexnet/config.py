@@ -51,6 +51,10 @@ class TrainConfig:
     data_dir: str | None = None
     out: str | None = None
     progress: bool = True
+    log_every: int = 10  # steps between progress updates, TensorBoard points, finite checks
+    tensorboard: bool = True  # event files in OUT/tensorboard (rank 0; needs the extra)
+    early_stop: int = 0  # stop after this many epochs without validation gain; 0 = off
+    min_delta: float = 0.0  # the validation-accuracy gain that counts as one
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -152,7 +156,7 @@ CHOICES = {
     "device": DEVICES,
     "resize_mode": ("bilinear", "bicubic", "nearest"),
 }
-_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr")
+_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "log_every")
 _NON_NEGATIVE = (
     "weight_decay",
     "warmup_epochs",
@@ -166,6 +170,8 @@ _NON_NEGATIVE = (
     "momentum",
     "seed",
     "split_seed",
+    "early_stop",
+    "min_delta",
 )
 _FLAG = {name: "--" + name.replace("_", "-") for name in TrainConfig.__dataclass_fields__}
 
@@ -198,6 +204,8 @@ def validate(config: TrainConfig) -> None:
     if config.std <= 0:
         raise FmnistError(f"--std must be > 0, got {config.std}")
     check_image_size(config.arch, config.image_size)
+    if config.early_stop and not config.val_size:
+        raise FmnistError("--early-stop watches validation accuracy: it needs --val-size > 0")
     if config.start_epochs:
         if config.start_epochs >= config.epochs:
             raise FmnistError(

@@ -87,8 +87,10 @@ def evaluate_checkpoint(
     batch_size: int = 500,
     precision: str = "auto",
     tta: str = "none",
+    limit: int = 0,
 ) -> dict:
-    """Evaluate a checkpoint on the test set or on the validation split it was selected on.
+    """Evaluate a checkpoint on the test set or on the validation split it was selected on
+    (its first ``limit`` images when given, as ``--limit-eval`` does in training).
 
     ``precision="auto"`` evaluates in the precision the run trained with, as training's own
     final test evaluation did; ``"fp32"`` or ``"bf16"`` override it. ``tta="flip"`` also
@@ -105,6 +107,7 @@ def evaluate_checkpoint(
     else:
         full = DeviceData.from_numpy(*load_split(source, "train"), loaded.device)
         _, data = validation_split(full, loaded.config.val_size, loaded.config.split_seed)
+    data = data.head(limit)
     result = evaluate(
         loaded.model,
         data,

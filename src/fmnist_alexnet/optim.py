@@ -55,3 +55,31 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: lr_factor(step, total, warmup, config.schedule)
     )
+
+
+def apply_resumed_settings(
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LambdaLR,
+    saved: TrainConfig,
+    config: TrainConfig,
+) -> None:
+    """Restoring a checkpoint brings back its optimizer settings; a resumed run that changes
+    them (``plan.RESUME_APPLIES``) takes the new values from here on. Unchanged settings are
+    left exactly as restored, so an unchanged resume stays bit-identical."""
+    groups = optimizer.param_groups
+    if config.lr != saved.lr:
+        # The schedule goes on from its position, scaled to the new peak.
+        scheduler.base_lrs = [config.lr] * len(groups)
+        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
+        for group in groups:
+            group["initial_lr"], group["lr"] = config.lr, config.lr * factor
+        scheduler._last_lr = [group["lr"] for group in groups]
+    if config.weight_decay != saved.weight_decay:
+        groups[0]["weight_decay"] = config.weight_decay  # the group with weights, not biases
+    if config.optimizer == "sgd" and (config.momentum, config.nesterov) != (
+        saved.momentum,
+        saved.nesterov,
+    ):
+        for group in groups:
+            group["momentum"] = config.momentum
+            group["nesterov"] = config.nesterov and config.momentum > 0

@@ -1,5 +1,11 @@
 """What a ``train`` command means: a new run's config, or a resumed run's config and the
-checkpoint it continues from."""
+checkpoint it continues from.
+
+Settings come, strongest first, from the flags, then a recipe file (``--config``), then the
+preset (new run) or the checkpoint's own config (resumed run). A resumed run applies each
+changed setting for the rest of the run and records it, or refuses it: never records a
+value it does not use.
+"""
 
 from __future__ import annotations
 
@@ -10,39 +16,103 @@ from fmnist_alexnet.checkpoint import Checkpoint, load_checkpoint
 from fmnist_alexnet.config import TrainConfig, replace, resolve
 from fmnist_alexnet.errors import FmnistError
 
+# What a resumed run can change and does use from then on. Everything else (the data
+# split, the order of batches, the model's shape and input contract, the optimizer's kind
+# and the schedule's shape) is fixed by the checkpoint.
+RESUME_APPLIES = frozenset(
+    {
+        "epochs",  # the total: the schedule stretches to it
+        "lr",  # the peak: the schedule goes on from where it was, scaled to it
+        "weight_decay",
+        "momentum",
+        "nesterov",
+        "label_smoothing",
+        "grad_clip",
+        "dropout",
+        "ema",  # the decay; switching the average on or off is refused
+        "eval_batch_size",
+        "flip",
+        "translate",
+        "erase",
+        "precision",
+        "channels_last",
+        "compile",
+        "device",
+        "data_dir",
+        "out",
+        "progress",
+        "log_every",
+        "tensorboard",
+        "early_stop",
+        "min_delta",
+    }
+)
+
 
 def plan_run(
-    preset: str | None, overrides: dict, resume: str | None
+    preset: str | None,
+    overrides: dict,
+    resume: str | None,
+    recipe: dict | None = None,
 ) -> tuple[TrainConfig, Checkpoint | None]:
-    """A new run takes the preset (``quick`` when none is named) and the explicit flags. A
-    resumed run takes the checkpoint's own config and the explicit flags (``--epochs`` is the
-    total)."""
+    """A new run takes the preset (the recipe's, else ``quick``), the recipe and the
+    explicit flags. A resumed run takes the checkpoint's own config, the recipe and the
+    flags (``--epochs`` is the total)."""
+    recipe = dict(recipe or {})
+    preset = preset or recipe.pop("preset", None)
+    recipe.pop("preset", None)
+    settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
     if resume is None:
-        config = resolve(preset or "quick", overrides)
+        config = resolve(preset or "quick", settings)
         if config.out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             config = replace(config, {"out": str(Path("runs") / f"{stamp}-{config.preset}")})
         return config, None
     if resume == "auto":
-        if not overrides.get("out"):
+        if not settings.get("out"):
             raise FmnistError("--resume auto needs --out DIR (the run folder to continue)")
-        path = Path(overrides["out"]) / "checkpoints" / "last.pt"
+        path = Path(settings["out"]) / "checkpoints" / "last.pt"
     else:
         path = Path(resume)
     checkpoint = load_checkpoint(path)
     saved = checkpoint.config
-    if overrides.get("arch") is not None and overrides["arch"] != saved.arch:
-        raise FmnistError(
-            f"--arch {overrides['arch']} differs from the checkpoint's {saved.arch} ({path})"
-        )
     if preset is not None and preset != saved.preset:
         raise FmnistError(
             f"--preset {preset} differs from the checkpoint's {saved.preset} ({path})"
         )
-    config = replace(saved, {**overrides, "out": overrides.get("out") or str(path.parent.parent)})
+    settings = {**settings, "out": settings.get("out") or str(path.parent.parent)}
+    check_resume_changes(saved, settings, path)
+    config = replace(saved, settings)
     if checkpoint.epoch >= config.epochs:
         raise FmnistError(
             f"{path} has already trained {checkpoint.epoch} of {config.epochs} epochs; "
             f"pass --epochs N with N > {checkpoint.epoch} to train further"
         )
     return config, checkpoint
+
+
+def resume_changes(saved: TrainConfig, config: TrainConfig) -> dict[str, tuple]:
+    """Each setting a resumed run changes: name -> (checkpoint's value, new value)."""
+    old, new = saved.to_dict(), config.to_dict()
+    return {name: (old[name], new[name]) for name in new if old.get(name) != new[name]}
+
+
+def check_resume_changes(saved: TrainConfig, settings: dict, path: Path) -> None:
+    """Refuse, naming the flag, any change a resumed run could not honour."""
+    old_values = saved.to_dict()
+    for name, new in settings.items():
+        old = old_values.get(name)
+        if new is None or new == old:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if name not in RESUME_APPLIES:
+            raise FmnistError(
+                f"{flag} {new} differs from the checkpoint's {old} ({path}): a resumed run "
+                "cannot change it; start a new run (another --out) to train with it"
+            )
+        if name == "ema" and (old > 0) != (new > 0):
+            state = "with" if old else "without"
+            raise FmnistError(
+                f"--ema {new}: the checkpoint ({path}) was trained {state} a weight average; "
+                "a resumed run cannot switch it on or off, only change its decay"
+            )

@@ -17,6 +17,9 @@ class Progress:
         self.step = resumed.step if resumed else 0  # completed optimizer steps
         self.best_val_acc: float | None = resumed.best_val_acc if resumed else None
         self.best_epoch = resumed.best_epoch if resumed else 0
+        # early stopping: epochs since validation accuracy last rose by more than min_delta
+        self.stale_epochs = resumed.stale_epochs if resumed else 0
+        self.plateau_best: float | None = resumed.plateau_best if resumed else None
         self._elapsed_before = resumed.elapsed_s if resumed else 0.0
         self._started = time.perf_counter() if started is None else started
         # loss*n, correct, n of the epoch in progress; on the device while it runs
@@ -67,3 +70,14 @@ class Progress:
             self.best_val_acc, self.best_epoch = accuracy, self.epoch
             return True
         return False
+
+    def update_plateau(self, val: dict | None, min_delta: float) -> None:
+        """Count epochs whose validation accuracy does not beat the best by ``min_delta``
+        (Lightning's EarlyStopping rule)."""
+        if val is None:
+            return
+        accuracy = val["accuracy"]
+        if self.plateau_best is None or accuracy > self.plateau_best + min_delta:
+            self.plateau_best, self.stale_epochs = accuracy, 0
+        else:
+            self.stale_epochs += 1

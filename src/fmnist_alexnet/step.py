@@ -15,7 +15,7 @@ from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.ema import WeightEma
 from fmnist_alexnet.model import initialize
-from fmnist_alexnet.optim import build_optimizer, build_scheduler
+from fmnist_alexnet.optim import apply_resumed_settings, build_optimizer, build_scheduler
 from fmnist_alexnet.runtime import Distributed, autocast
 from fmnist_alexnet.spec import ModelSpec
 
@@ -30,6 +30,7 @@ class TrainStep:
     amp: AbstractContextManager
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
+    grad_norm: torch.Tensor | None = None  # the last step's, when clipping computes it
 
     def forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor):
         with self.amp:
@@ -44,7 +45,9 @@ class TrainStep:
     def update(self) -> None:
         """Clip, step the optimizer and the schedule, then the weight average."""
         if self.grad_clip:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+            self.grad_norm = torch.nn.utils.clip_grad_norm_(
+                self.model.parameters(), self.grad_clip
+            ).detach()
         self.optimizer.step()
         self.scheduler.step()
         if self.ema:
@@ -88,6 +91,7 @@ def build_train_step(
     ema = WeightEma(model, config.ema) if config.ema else None
     if resume is not None:
         ckpt.restore(resume, model, optimizer, scheduler, ema, device)
+        apply_resumed_settings(optimizer, scheduler, resume.config, config)
         if dist.rank > 0:  # the checkpoint holds rank 0's RNG; others need streams of their own
             torch.manual_seed(config.seed + dist.rank + 1_000_003 * resume.step)
     step_model = torch.compile(model) if config.compile else model

@@ -40,3 +40,16 @@ def stop_condition(
     if should_stop is None:
         return lambda step: sigint.requested
     return lambda step: sigint.requested or bool(should_stop(step))
+
+
+def early_stop_reason(progress, patience: int, min_delta: float) -> str | None:
+    """Why to stop now: ``patience`` epochs in a row without a validation gain above
+    ``min_delta`` (``--early-stop``); None to go on, or when early stopping is off."""
+    if not patience or progress.stale_epochs < patience:
+        return None
+    gain = f"by more than {min_delta:g} " if min_delta else ""
+    epochs = f"{progress.stale_epochs} epoch" + ("s" if progress.stale_epochs > 1 else "")
+    return (
+        f"early stop at epoch {progress.epoch}: validation accuracy did not rise {gain}for "
+        f"{epochs} (best {progress.best_val_acc:.4f} at epoch {progress.best_epoch})"
+    )

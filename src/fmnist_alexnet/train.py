@@ -11,6 +11,7 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -27,6 +28,8 @@ from fmnist_alexnet.data.batches import (
 from fmnist_alexnet.data.sources import DataSource, find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
+from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
+from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.rundir import RunDir
 from fmnist_alexnet.runtime import (
@@ -38,7 +41,8 @@ from fmnist_alexnet.runtime import (
 )
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import TrainStep, build_train_step
-from fmnist_alexnet.stopping import StopOnSigint, stop_condition
+from fmnist_alexnet.stopping import StopOnSigint, early_stop_reason, stop_condition
+from fmnist_alexnet.tracking import open_tracker
 
 
 class TrainingInterrupted(Exception):
@@ -46,15 +50,21 @@ class TrainingInterrupted(Exception):
     how to resume."""
 
 
+class TrainingDiverged(Exception):
+    """A loss, gradient norm or weight became NaN or infinite. Nothing non-finite was saved:
+    ``last.pt`` and ``best.pt`` hold the last finite state. The message is one line."""
+
+
 @dataclass
 class TrainResult:
     out: Path
-    test: dict
+    test: dict | None  # None when the run was asked not to test (tune's trials)
     best_epoch: int
     best_val_accuracy: float | None
     wall_s: float
     train_images_per_sec: float
     history: list[dict] = field(default_factory=list)
+    stopped: str | None = None  # why training ended before --epochs, if it did
 
 
 @dataclass
@@ -66,17 +76,37 @@ class RunData:
     steps_per_epoch: int
 
 
+@dataclass
+class Session:
+    """What one process's run works with, built once by :func:`train`."""
+
+    config: TrainConfig
+    spec: ModelSpec
+    data: RunData
+    step: TrainStep
+    run: RunDir
+    progress: Progress
+    monitor: StepMonitor
+    dist: Distributed
+    log: Callable[[str], None]
+
+
 def train(
     config: TrainConfig,
     resume: ckpt.Checkpoint | None = None,
     dist: Distributed | None = None,
     log: Callable[[str], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
+    on_epoch: Callable[[dict], str | None] | None = None,
+    test: bool = True,
 ) -> TrainResult:
     """Train ``config`` (continuing ``resume`` when given) and test the best checkpoint.
 
     ``should_stop(step)`` is asked after every optimizer step; True stops the run as Ctrl-C
-    does: ``last.pt`` is saved and :class:`TrainingInterrupted` raised.
+    does: ``last.pt`` is saved and :class:`TrainingInterrupted` raised. ``on_epoch(row)`` sees
+    each epoch's metrics row; a string it returns ends training there, as early stopping does
+    (tune prunes this way). ``test=False`` skips the final test (tune's trials).
+    A non-finite loss, gradient norm or weight raises :class:`TrainingDiverged`.
     """
     dist, log = dist or Distributed(), log or _print_now
     started = time.perf_counter()
@@ -91,46 +121,106 @@ def train(
     progress = Progress(resume, started)
     if resume is not None:
         run.truncate_metrics(after_epoch=progress.epoch)
-    run.write_config(config, _runtime(config, device, precision, dist, data))
+    runtime = _runtime(config, device, precision, dist, data)
+    if resume is not None:
+        changed = {k: list(v) for k, v in resume_changes(resume.config, config).items()}
+        runtime["resumed"] = {"epoch": resume.epoch, "step": resume.step, "changed": changed}
+    run.write_config(config, runtime)
     if dist.is_main:
         log(_start_line(config, device, precision, data, run))
-
+        if resume is not None:
+            log(_resumed_line(runtime["resumed"]))
+    tracker = open_tracker(
+        run.path,
+        enabled=config.tensorboard and dist.is_main,
+        resumed_step=resume.step if resume else None,
+        log=log,
+    )
+    monitor = StepMonitor(tracker, config.log_every, dist)
     spec = ModelSpec.from_config(config)
+    session = Session(config, spec, data, step, run, progress, monitor, dist, log)
+    try:
+        stopped = train_epochs(session, should_stop, on_epoch)
+        dist.barrier()
+        return finish(session, test, stopped)
+    except NonFinite as exc:
+        raise TrainingDiverged(_diverged_message(exc, session)) from None
+    finally:
+        tracker.close()
+
+
+def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
+    """Epochs of training, validation and checkpoints; why training ended early, if it did."""
+    config, progress = s.config, s.progress
     with StopOnSigint() as sigint:
         stop = stop_condition(sigint, should_stop)
         for epoch in range(progress.epoch, config.epochs):
-            trained = train_one_epoch(step, data, config, spec, epoch, progress, dist, stop)
+            stopped = early_stop_reason(progress, config.early_stop, config.min_delta)
+            if stopped:  # a resumed run that had already stopped early
+                return stopped
+            trained = train_one_epoch(s, epoch, stop)
             if trained is None:
-                run.save_checkpoint("last.pt", step.checkpoint(config, progress))
-                last = run.checkpoints / "last.pt"
+                last = save_last(s)
                 raise TrainingInterrupted(
                     f"interrupted at epoch {epoch + 1}, step {progress.step}; saved {last}; "
                     f"resume with: fmnist-alexnet train --resume {last}"
                 )
-            val = validate(step, data.val, spec, config, dist) if len(data.val) else None
+            val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
             is_best = progress.update_best(val)
-            run.save_checkpoint("last.pt", step.checkpoint(config, progress))
+            progress.update_plateau(val, config.min_delta)
+            save_last(s)
             if is_best:
-                run.copy_checkpoint("last.pt", "best.pt")
-            row = _epoch_row(progress, trained, val, step.lr)
-            run.append_metrics(row)
-            if dist.is_main:
-                log(_epoch_line(row, config.epochs))
+                s.run.copy_checkpoint("last.pt", "best.pt")
+            row = _epoch_row(progress, trained, val, s.step.lr)
+            stopped = early_stop_reason(progress, config.early_stop, config.min_delta)
+            if not stopped and on_epoch is not None and progress.epoch < config.epochs:
+                stopped = on_epoch(row)
+            row["stop"] = stopped
+            s.run.append_metrics(row)
+            s.monitor.tracker.log_scalars(progress.step, _epoch_scalars(row))
+            if s.dist.is_main:
+                s.log(_epoch_line(row, config.epochs))
+            if stopped:
+                return stopped
+    return None
 
-    dist.barrier()
-    test, best = final_test(step, data.test, spec, config, run, device, dist)
-    history = run.read_metrics()
+
+def save_last(s: Session) -> Path:
+    """``last.pt``, only ever with finite weights: the pending losses and every weight are
+    checked first (:class:`NonFinite` otherwise, and the previous file stays)."""
+    s.monitor.check(s.progress.step)
+    if not weights_are_finite(s.step.model):
+        raise NonFinite(s.progress.step, "the weights were not finite")
+    s.run.save_checkpoint("last.pt", s.step.checkpoint(s.config, s.progress))
+    return s.run.checkpoints / "last.pt"
+
+
+def finish(s: Session, test: bool, stopped: str | None) -> TrainResult:
+    """The one test of ``best.pt`` (unless skipped), its figures for the tracker, the result."""
+    history = s.run.read_metrics()
     rates = sorted(row["images_per_sec"] for row in history)
     result = TrainResult(
-        out=run.path,
-        test=test,
-        best_epoch=best.best_epoch,
-        best_val_accuracy=best.best_val_acc,
-        wall_s=progress.elapsed_s(),
+        out=s.run.path,
+        test=None,
+        best_epoch=s.progress.best_epoch,
+        best_val_accuracy=s.progress.best_val_acc,
+        wall_s=s.progress.elapsed_s(),
         train_images_per_sec=rates[len(rates) // 2] if rates else 0.0,
         history=history,
+        stopped=stopped,
     )
-    run.write_json("test_metrics.json", _test_metrics(result, run.checkpoints / "best.pt"))
+    if not test:
+        return result
+    result.test, best = final_test(s)
+    result.best_epoch, result.best_val_accuracy = best.best_epoch, best.best_val_acc
+    result.wall_s = s.progress.elapsed_s()
+    s.run.write_json("test_metrics.json", _test_metrics(result, s.run.checkpoints / "best.pt"))
+    s.monitor.tracker.log_final(
+        s.progress.step,
+        hparams={k: v for k, v in s.config.to_dict().items() if k not in _NOT_HPARAMS},
+        metrics={"test/accuracy": result.test["accuracy"], "test/loss": result.test["loss"]},
+        figures=lambda: _final_figures(s, result.test),
+    )
     return result
 
 
@@ -156,44 +246,40 @@ def load_data(config: TrainConfig, device: torch.device, dist: Distributed) -> R
     return RunData(train_part, val, test, source, steps)
 
 
-def train_one_epoch(
-    step: TrainStep,
-    data: RunData,
-    config: TrainConfig,
-    spec: ModelSpec,
-    epoch: int,
-    progress: Progress,
-    dist: Distributed,
-    stop: Callable[[int], bool],
-) -> dict | None:
-    """Train ``epoch`` from where ``progress`` stands; the epoch's training figures, or None
+def train_one_epoch(s: Session, epoch: int, stop: Callable[[int], bool]) -> dict | None:
+    """Train ``epoch`` from where the progress stands; the epoch's training figures, or None
     when ``stop`` asked to stop before its end."""
-    steps = data.steps_per_epoch
+    steps, progress, world = s.data.steps_per_epoch, s.progress, s.dist.world_size
     started = time.perf_counter()
     start_step = progress.step - epoch * steps
     bar = tqdm(
         total=steps,
         initial=start_step,
-        desc=f"epoch {epoch + 1}/{config.epochs}",
-        disable=not (config.progress and dist.is_main and sys.stderr.isatty()),
+        desc=f"epoch {epoch + 1}/{s.config.epochs}",
+        disable=not (s.config.progress and s.dist.is_main and sys.stderr.isatty()),
         leave=False,
         dynamic_ncols=True,
     )
-    step.model.train()
+    s.step.model.train()
+    s.monitor.start_epoch()
     images = 0
     with bar:
-        for inputs, labels in epoch_batches(data.train, config, spec, epoch, start_step, dist):
-            loss, logits = step(inputs, labels)
+        batches = epoch_batches(s.data.train, s.config, s.spec, epoch, start_step, s.dist)
+        for inputs, labels in batches:
+            loss, logits = s.step(inputs, labels)
             progress.record_step(loss, logits, labels)
-            images += len(labels) * dist.world_size
+            images += len(labels) * world
             bar.update()
-            if bar.n % 10 == 0 or bar.n == steps:
-                rate = images / (time.perf_counter() - started)
-                bar.set_postfix(progress.running(), img_s=f"{rate:.0f}")
+            last = progress.step == (epoch + 1) * steps
+            shown = s.monitor.after_step(
+                progress.step, loss, s.step.grad_norm, s.step.lr, len(labels) * world, last
+            )
+            if shown:
+                bar.set_postfix(progress.running(), img_s=f"{shown['train/images_per_sec']:.0f}")
             if stop(progress.step):
                 return None
     seconds = time.perf_counter() - started
-    return {**progress.finish_epoch(dist), "images_per_sec": images / seconds}
+    return {**progress.finish_epoch(s.dist), "images_per_sec": images / seconds}
 
 
 def epoch_batches(
@@ -228,11 +314,12 @@ def validate(
         return _evaluate(step, data, spec, config, dist)
 
 
-def final_test(step, data, spec, config, run: RunDir, device, dist):
+def final_test(s: Session):
     """Load ``best.pt`` (already the average when ``--ema`` is on) and test it, once."""
-    best = ckpt.load_checkpoint(run.checkpoints / "best.pt", map_location=device)
-    ckpt.load_weights(step.model, best.model, run.checkpoints / "best.pt", spec.arch)
-    return _evaluate(step, data, spec, config, dist), best
+    path = s.run.checkpoints / "best.pt"
+    best = ckpt.load_checkpoint(path, map_location=s.data.test.labels.device)
+    ckpt.load_weights(s.step.model, best.model, path, s.spec.arch)
+    return _evaluate(s.step, s.data.test, s.spec, s.config, s.dist), best
 
 
 def _evaluate(step, data, spec, config, dist) -> dict:
@@ -267,7 +354,58 @@ def _epoch_row(progress: Progress, trained: dict, val: dict | None, lr: float) -
         "lr": lr,
         "images_per_sec": trained["images_per_sec"],
         "elapsed_s": progress.elapsed_s(),
+        "stop": None,
     }
+
+
+_NOT_HPARAMS = {"out", "data_dir", "progress", "log_every", "tensorboard"}
+
+
+def _epoch_scalars(row: dict) -> dict:
+    return {
+        "epoch/train_loss": row["train_loss"],
+        "epoch/train_acc": row["train_acc"],
+        "epoch/val_loss": row["val_loss"],
+        "epoch/val_acc": row["val_acc"],
+        "epoch/epoch": row["epoch"],
+    }
+
+
+def _final_figures(s: Session, test: dict) -> dict:
+    """The test confusion matrix and a grid of test images with their predictions; none
+    without matplotlib (the ``report`` extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from fmnist_alexnet.figures import SAMPLE_GRID, confusion_figure, samples_figure
+    except ImportError:
+        return {}
+    names = s.spec.class_names
+    sample = s.data.test.head(SAMPLE_GRID[0] * SAMPLE_GRID[1])
+    with torch.no_grad(), s.step.amp:
+        inputs = s.spec.preprocess()(sample.images, channels_last=s.config.channels_last)
+        predictions = s.step.model.eval()(inputs).argmax(1).cpu().numpy()
+    images, labels = sample.images[:, 0].cpu().numpy(), sample.labels.cpu().numpy()
+    return {
+        "test/confusion_matrix": confusion_figure(np.array(test["confusion_matrix"]), names),
+        "test/samples": samples_figure(images, labels, predictions, names),
+    }
+
+
+def _diverged_message(exc: NonFinite, s: Session) -> str:
+    epoch = (exc.step - 1) // s.data.steps_per_epoch + 1
+    last = s.run.checkpoints / "last.pt"
+    kept = (
+        f"{last} keeps epoch {s.progress.epoch}, the last finite state"
+        if last.is_file()
+        else "no checkpoint was written"
+    )
+    clip = "" if s.config.grad_clip else " or --grad-clip 1.0"
+    return (
+        f"training diverged: {exc.what} at step {exc.step} (epoch {epoch}); stopped without "
+        f"saving it: {kept}; try a --lr below {s.config.lr:g}{clip}"
+    )
 
 
 def _test_metrics(result: TrainResult, best: Path) -> dict:
@@ -311,6 +449,16 @@ def _start_line(config, device, precision, data: RunData, run: RunDir) -> str:
     )
 
 
+def _resumed_line(resumed: dict) -> str:
+    changed = [
+        f"{name} {old} -> {new}"
+        for name, (old, new) in resumed["changed"].items()
+        if name not in ("out", "progress")
+    ]
+    applied = f"; from here on: {', '.join(changed)}" if changed else ""
+    return f"resuming after epoch {resumed['epoch']}, step {resumed['step']}{applied}"
+
+
 def _epoch_line(row: dict, epochs: int) -> str:
     val = (
         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
@@ -326,8 +474,11 @@ def _epoch_line(row: dict, epochs: int) -> str:
 
 def summary_line(result: TrainResult) -> str:
     test = result.test
+    scored = (
+        f"test accuracy {test['accuracy']:.4f} on {test['n']} images " if test else "not tested "
+    )
+    stopped = f" | {result.stopped}" if result.stopped else ""
     return (
-        f"test accuracy {test['accuracy']:.4f} on {test['n']} images "
-        f"(best.pt from epoch {result.best_epoch}) | wall {result.wall_s:.1f} s | "
-        f"{result.train_images_per_sec:.0f} train img/s | run {result.out}"
+        f"{scored}(best.pt from epoch {result.best_epoch}) | wall {result.wall_s:.1f} s | "
+        f"{result.train_images_per_sec:.0f} train img/s{stopped} | run {result.out}"
     )

@@ -1,0 +1,129 @@
+"""The figures of a run, drawn with matplotlib (the ``report`` extra): the report writes them
+as PNGs, TensorBoard shows them as images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from fmnist_alexnet.atomic import atomic_write
+
+SAMPLE_GRID = (5, 8)
+MISTAKE_PAIRS, MISTAKES_PER_PAIR = 4, 6
+
+
+def save_figure(path: Path, figure) -> Path:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
+    plt.close(figure)
+    return path
+
+
+def curves_figure(history: list[dict]):
+    import matplotlib.pyplot as plt
+
+    figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
+    epochs = [row["epoch"] for row in history]
+    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
+        loss_ax.plot(epochs, [row[key] for row in history], marker="o", label=label)
+    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
+        acc_ax.plot(epochs, [row[key] for row in history], marker="o", label=label)
+    for ax, title in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "accuracy")):
+        ax.set_xlabel("epoch")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        ax.set_xticks(epochs)
+    figure.suptitle("train: augmented batches with dropout, as seen during the epoch")
+    return figure
+
+
+def confusion_figure(confusion: np.ndarray, names):
+    import matplotlib.pyplot as plt
+
+    rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    figure, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
+    image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
+    for i in range(len(names)):
+        for j in range(len(names)):
+            if confusion[i, j]:
+                ax.text(
+                    j,
+                    i,
+                    f"{confusion[i, j]}",
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="white" if rates[i, j] > 0.5 else "black",
+                )
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
+    ax.set_yticks(range(len(names)), names)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("test set: share of each true class (colour), counts (numbers)")
+    figure.colorbar(image, ax=ax, shrink=0.8)
+    return figure
+
+
+def samples_figure(images, labels, predictions, names):
+    import matplotlib.pyplot as plt
+
+    rows, cols = SAMPLE_GRID
+    picks = np.random.default_rng(0).choice(len(images), rows * cols, replace=False)
+    figure, axes = plt.subplots(
+        rows, cols, figsize=(cols * 1.6, rows * 1.9), constrained_layout=True
+    )
+    for ax, index in zip(axes.flat, picks, strict=True):
+        right = predictions[index] == labels[index]
+        ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+        ax.set_title(
+            f"{names[labels[index]]}\n-> {names[predictions[index]]}",
+            fontsize=7,
+            color="black" if right else "red",
+        )
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if not right:
+            for spine in ax.spines.values():
+                spine.set_edgecolor("red")
+                spine.set_linewidth(2.5)
+    figure.suptitle("random test images: true -> predicted (wrong in red)")
+    return figure
+
+
+def mistakes_figure(images, labels, probs, confusion, names):
+    import matplotlib.pyplot as plt
+
+    off = confusion.copy()
+    np.fill_diagonal(off, 0)
+    pairs = [divmod(int(k), len(names)) for k in np.argsort(off, axis=None)[::-1][:MISTAKE_PAIRS]]
+    figure, axes = plt.subplots(
+        MISTAKE_PAIRS,
+        MISTAKES_PER_PAIR,
+        figsize=(MISTAKES_PER_PAIR * 1.7, MISTAKE_PAIRS * 2.0),
+        constrained_layout=True,
+        squeeze=False,
+    )
+    predictions = probs.argmax(1)
+    for row, (true, predicted) in enumerate(pairs):
+        wrong = np.flatnonzero((labels == true) & (predictions == predicted))
+        wrong = wrong[np.argsort(probs[wrong, predicted])[::-1]][:MISTAKES_PER_PAIR]
+        for col in range(MISTAKES_PER_PAIR):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(wrong):
+                ax.axis("off")
+                continue
+            index = wrong[col]
+            ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"p={probs[index, predicted]:.2f}", fontsize=8)
+            if col == 0:
+                ax.set_ylabel(
+                    f"{names[true]}\nas {names[predicted]}\n({off[true, predicted]}x)",
+                    fontsize=8,
+                )
+    figure.suptitle("most confident mistakes of the most confused pairs (true as predicted)")
+    return figure

@@ -1,0 +1,239 @@
+"""Hyperparameter search: Optuna drives ordinary training runs.
+
+Optuna's TPE sampler proposes recipes; each trial is a run folder under ``OUT/trials``; its
+per-epoch validation accuracy feeds a median pruner; the study lives in a database (SQLite in
+``OUT`` by default, any ``--storage`` URL otherwise), so running the command again adds
+trials and several processes or machines pointed at one database work on one study. Trials
+are selected on validation accuracy only; the test set is evaluated once per command, on the
+best trial, at the end.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from fmnist_alexnet.config import TrainConfig, resolve
+from fmnist_alexnet.errors import FmnistError
+
+DEFAULT_SPACE: dict[str, dict] = {
+    "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
+    "image_size": {"type": "categorical", "choices": [64, 96, 128]},
+    "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+}
+_KINDS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+
+
+@dataclass
+class TuneSettings:
+    out: Path
+    trials: int = 20
+    timeout: float | None = None  # seconds; stop starting trials after it
+    storage: str | None = None  # default: sqlite:///OUT/study.db
+    study: str = "fmnist-alexnet"
+    space: dict = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    startup_trials: int = 5  # TPE samples at random until this many trials exist
+    prune_startup: int = 3  # completed trials before the pruner prunes
+    prune_warmup: int = 1  # epochs a trial trains before it can be pruned
+    sampler_seed: int | None = None
+
+
+def read_space(path: str | Path) -> dict:
+    """A TOML search space: one table per TrainConfig field, e.g.
+    ``[lr]`` with ``type = "float"``, ``low``, ``high``, ``log = true``, or
+    ``[image_size]`` with ``type = "categorical"``, ``choices = [64, 96]``."""
+    from fmnist_alexnet.recipe import tomllib
+
+    try:
+        space = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FmnistError(f"--space {path}: cannot read it ({exc.strerror or exc})") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FmnistError(f"--space {path}: not valid TOML ({exc})") from None
+    check_space(space, f"--space {path}")
+    return space
+
+
+def check_space(space: dict, where: str) -> None:
+    known = TrainConfig.__dataclass_fields__
+    for name, spec in space.items():
+        if name not in known or name in ("out", "preset"):
+            raise FmnistError(f"{where}: {name!r} is not a setting tune can search")
+        if not isinstance(spec, dict) or spec.get("type") not in _KINDS:
+            raise FmnistError(f"{where}: [{name}] needs type = one of {', '.join(_KINDS)}")
+        missing = [key for key in _KINDS[spec["type"]] if key not in spec]
+        if missing:
+            raise FmnistError(f"{where}: [{name}] needs {', '.join(missing)}")
+        if spec["type"] != "categorical" and not spec["low"] < spec["high"]:
+            raise FmnistError(f"{where}: [{name}] needs low < high")
+
+
+def tune(
+    preset: str,
+    fixed: dict,
+    settings: TuneSettings,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run ``settings.trials`` more trials of the study; report, recipe and plots in OUT."""
+    started = time.perf_counter()
+    optuna = _import_optuna()
+    space = {k: v for k, v in settings.space.items() if k not in fixed}
+    if settings.trials <= 0:
+        raise FmnistError(f"--trials must be > 0, got {settings.trials}")
+    if not space:
+        raise FmnistError("nothing to search: every setting of the space is fixed by a flag")
+    base = resolve(preset, {**fixed, "out": str(settings.out / "trials" / "check")})
+    if not base.val_size:
+        raise FmnistError("tune selects on validation accuracy: it needs --val-size > 0")
+    if fixed.keys() & settings.space.keys():
+        log("fixed by flags, not searched: " + ", ".join(sorted(fixed.keys() & space.keys())))
+    settings.out.mkdir(parents=True, exist_ok=True)
+    study = _open_study(optuna, preset, fixed, space, settings)
+    if not study.trials:
+        _enqueue_preset(study, base, space, log)
+    objective = _Objective(optuna, preset, fixed, space, settings.out, log)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.optimize(
+            objective,
+            n_trials=settings.trials,
+            timeout=settings.timeout,
+            catch=(FmnistError, ArithmeticError),
+            callbacks=[lambda study, trial: log(_trial_line(trial))],
+        )
+    from fmnist_alexnet.tune_report import write_tune_report
+
+    return write_tune_report(study, preset, fixed, settings, time.perf_counter() - started, log)
+
+
+class _Objective:
+    """One trial: sample a recipe, train it as an ordinary run without testing, report each
+    epoch's validation accuracy to the pruner; the value is the best validation accuracy."""
+
+    def __init__(self, optuna, preset, fixed, space, out: Path, log) -> None:
+        self.optuna, self.preset, self.fixed, self.space = optuna, preset, fixed, space
+        self.out, self.log = out, log
+
+    def __call__(self, trial) -> float:
+        from fmnist_alexnet.train import TrainingDiverged, train
+
+        params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
+        run_dir = self.out / "trials" / f"{trial.number:04d}"
+        trial.set_user_attr("out", str(run_dir))
+        settings = {"progress": False, **self.fixed, **params, "out": str(run_dir)}
+        config = resolve(self.preset, settings)
+
+        def on_epoch(row: dict) -> str | None:
+            trial.report(row["val_acc"], row["epoch"])
+            if trial.should_prune():
+                return f"pruned by tune at epoch {row['epoch']}: below the median of trials"
+            return None
+
+        def trial_log(line: str) -> None:
+            self.log(f"  trial {trial.number}: {line}")
+
+        try:
+            result = train(config, log=trial_log, on_epoch=on_epoch, test=False)
+        except TrainingDiverged as exc:
+            raise ArithmeticError(str(exc)) from None
+        trial.set_user_attr("epochs", len(result.history))
+        trial.set_user_attr("wall_s", result.wall_s)
+        if result.stopped and result.stopped.startswith("pruned"):
+            raise self.optuna.TrialPruned(result.stopped)
+        return result.best_val_accuracy
+
+
+def _suggest(trial, name: str, spec: dict):
+    if spec["type"] == "categorical":
+        return trial.suggest_categorical(name, list(spec["choices"]))
+    suggest = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
+    return suggest(name, spec["low"], spec["high"], log=bool(spec.get("log", False)))
+
+
+def _open_study(optuna, preset: str, fixed: dict, space: dict, settings: TuneSettings):
+    """Create or load the study; a loaded one must have been run with the same preset,
+    fixed settings and space (its trials would not be comparable otherwise)."""
+    storage = settings.storage or f"sqlite:///{(settings.out / 'study.db').resolve()}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(
+            study_name=settings.study,
+            storage=storage,
+            direction="maximize",
+            sampler=optuna.samplers.TPESampler(
+                n_startup_trials=settings.startup_trials, seed=settings.sampler_seed
+            ),
+            pruner=optuna.pruners.MedianPruner(
+                n_startup_trials=settings.prune_startup, n_warmup_steps=settings.prune_warmup
+            ),
+            load_if_exists=True,
+        )
+    except (ImportError, ValueError) as exc:  # a bad URL, a database driver not installed
+        raise FmnistError(f"--storage {storage}: {exc}") from None
+    setup = {"preset": preset, "fixed": fixed, "space": space}
+    saved = {key: study.user_attrs.get(key) for key in setup}
+    if not study.trials and saved["preset"] is None:
+        for key, value in setup.items():
+            study.set_user_attr(key, value)
+    elif saved != _jsonable(setup):
+        differs = ", ".join(k for k in setup if saved[k] != _jsonable(setup)[k])
+        raise FmnistError(
+            f"study {settings.study!r} in {storage} was run with another {differs} "
+            f"({saved}); pass the same flags to add trials, or another --study/--out"
+        )
+    return study
+
+
+def _jsonable(value):
+    """What the storage gives back for ``value`` (JSON: tuples become lists)."""
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _enqueue_preset(study, base: TrainConfig, space: dict, log) -> None:
+    """Trial 0 is the preset's own recipe at the same budget when it lies in the space: the
+    baseline every other trial is compared with."""
+    params = {name: getattr(base, name) for name in space}
+    for name, spec in space.items():
+        value = params[name]
+        inside = (
+            value in spec["choices"]
+            if spec["type"] == "categorical"
+            else spec["low"] <= value <= spec["high"]
+        )
+        if not inside:
+            log(f"the {base.preset} preset's {name} {value} lies outside the space: no baseline")
+            return
+    study.enqueue_trial(params, user_attrs={"baseline": base.preset})
+    log(f"trial 0 is the {base.preset} preset's own recipe (the baseline)")
+
+
+def _trial_line(trial) -> str:
+    state = trial.state.name.lower()
+    value = f"val acc {trial.value:.4f}" if trial.value is not None else state
+    if state == "pruned":
+        value = f"pruned at epoch {trial.user_attrs.get('epochs', '?')}"
+    elif state == "fail":
+        value = "failed: " + str(trial.system_attrs.get("fail_reason", "")).splitlines()[-1][:200]
+    params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
+    return f"trial {trial.number}: {value} ({params})"
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) and math.isfinite(value) else str(value)
+
+
+def _import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise FmnistError("tune needs optuna: pip install 'fmnist-alexnet[tune]'") from None
+    return optuna

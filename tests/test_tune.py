@@ -1,0 +1,68 @@
+"""tune: Optuna trials are ordinary runs; the median pruner stops weak ones after an epoch;
+the study resumes from its database; the best trial is tested once."""
+
+import json
+
+import pytest
+from conftest import TINY_ARGS
+
+from fmnist_alexnet.cli import main
+from fmnist_alexnet.plan import plan_run
+from fmnist_alexnet.recipe import read_recipe
+
+# The seed is searched: on 128 images at 63 px the trials differ by their seed alone, which
+# gives the median pruner different epoch-1 validation accuracies to compare (the optuna
+# version and the sampler seed are pinned, and CPU fp32 training is deterministic).
+SPACE = '[seed]\ntype = "int"\nlow = 0\nhigh = 10000\n'
+PRUNE_EARLY = ["--prune-startup", "1", "--prune-warmup", "0", "--startup-trials", "1"]
+
+
+def tune_args(out, space, trials):
+    fixed = [*TINY_ARGS, "--limit-train", "128", "--limit-eval", "200", "--epochs", "2"]
+    return ["tune", "--out", str(out), "--space", str(space), "--trials", str(trials)] + [
+        *fixed,
+        *PRUNE_EARLY,
+        "--sampler-seed",
+        "0",
+        "--no-tensorboard",
+    ]
+
+
+@pytest.mark.slow
+def test_tune_prunes_reports_tests_once_and_resumes(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text(SPACE)
+    out = tmp_path / "tune"
+    assert main(tune_args(out, space, 3)) == 0
+    printed = capsys.readouterr().out
+    assert "trial 0 is the quick preset's own recipe (the baseline)" in printed
+    summary = json.loads((out / "tune_summary.json").read_text())
+    assert sum(summary["trials"].values()) == 3
+    assert summary["trials"]["pruned"] >= 1, printed
+    for trial in (out / "trials").iterdir():  # ordinary run folders, never tested
+        assert (trial / "checkpoints" / "best.pt").is_file()
+        assert not (trial / "test_metrics.json").exists()
+    pruned = [
+        [json.loads(line) for line in (trial / "metrics.jsonl").read_text().splitlines()]
+        for trial in (out / "trials").iterdir()
+    ]
+    assert any(len(rows) == 1 and rows[0]["stop"].startswith("pruned") for rows in pruned)
+
+    best = summary["best"]
+    assert best["test_n"] == 200 and 0 <= best["test_acc"] <= 1
+    assert best["command"].startswith("fmnist-alexnet train --preset quick")
+    report = (out / "tune_report.md").read_text()
+    assert f"**Best: trial {best['trial']}**" in report and "| 0 (baseline) |" in report
+    assert (out / "optimization_history.png").stat().st_size > 1000
+    # The best recipe reruns the best trial's exact config (in a folder of its own).
+    trial_config = json.loads((tmp_path / best["run"] / "config.json").read_text())
+    rerun, _ = plan_run(None, {}, None, read_recipe(out / "best_recipe.toml"))
+    not_recipe = {"out": None, "progress": None, "runtime": None}
+    assert rerun.to_dict() | not_recipe == trial_config | not_recipe
+
+    # The same command adds trials to the study; other fixed settings are refused.
+    assert main(tune_args(out, space, 1)) == 0
+    assert sum(json.loads((out / "tune_summary.json").read_text())["trials"].values()) == 4
+    capsys.readouterr()
+    assert main([*tune_args(out, space, 1), "--lr", "0.01"]) == 2
+    assert "was run with another fixed" in capsys.readouterr().err
