@@ -28,6 +28,7 @@ TINY_ARGS = [
     "--device",
     "cpu",
     "--no-progress",
+    "--no-tensorboard",
 ]
 
 
@@ -44,6 +45,7 @@ TINY = dict(
     device="cpu",
     progress=False,
     eval_batch_size=64,
+    tensorboard=False,  # the runs that check TensorBoard switch it on
 )
 
 
@@ -57,7 +59,8 @@ def tiny_config(out, **overrides):
 
 def train_quietly(out: Path, **overrides) -> Path:
     """A small real run of the quick preset on the CPU, silent; returns its folder."""
-    config = resolve("quick", {"device": "cpu", "progress": False, "out": str(out), **overrides})
+    settings = {"device": "cpu", "progress": False, "tensorboard": False, "out": str(out)}
+    config = resolve("quick", {**settings, **overrides})
     train(config, log=quiet)
     return out
 

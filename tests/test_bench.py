@@ -17,6 +17,8 @@ KEYS = {
     "bare_train_images_per_sec",
     "pipeline_cost",
     "speedup_vs_baseline",
+    "tensorboard_train_images_per_sec",
+    "tensorboard_ratio",
 }
 
 
@@ -40,11 +42,15 @@ def test_bench_json_has_every_figure(capsys):
         "--baseline-workers",
         "1",
         "--profile",
+        "--tensorboard",
+        "--log-every",
+        "1",
         "--json",
     ]
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= KEYS
+    assert result["tensorboard_train_images_per_sec"] > 0 and result["log_every"] == 1
     assert (result["device"], result["precision"], result["image_size"]) == ("cpu", "fp32", 63)
     # The step timed is the quick preset's own (AdamW), not a stand-in.
     assert (result["preset"], result["optimizer"], result["batch_size"]) == ("quick", "adamw", 8)

@@ -41,8 +41,12 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
         assert min(image.shape) > 300 and image.std() > 10, name  # a real picture, not blank
         assert path.stat().st_size > 20_000, name
     card = (run_dir / "report.md").read_text()
-    full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu")
-    assert f"Test accuracy {full_test['accuracy']:.4f}** on the official 10,000-image" in card
+    # The run tested on its first 256 test images (--limit-eval); the report says so and
+    # agrees with the run's own test and with evaluate.
+    full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu", limit=256)
+    run_test = json.loads((run_dir / "test_metrics.json").read_text())
+    assert full_test["accuracy"] == pytest.approx(run_test["accuracy"])
+    assert f"Test accuracy {full_test['accuracy']:.4f}** on the first 256 images of the" in card
     assert "57,029,322 parameters" in card and "![confusion matrix](confusion_matrix.png)" in card
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
     assert f"| Ankle boot | {full_test['per_class']['Ankle boot']:.4f} |" in card

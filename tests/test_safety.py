@@ -12,11 +12,12 @@ from conftest import TINY_ARGS, quiet, tiny_config
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.messages import summary_line
 from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.runtime import resolve_device
 from fmnist_alexnet.step import build_train_step
 from fmnist_alexnet.tracking import Tracker, open_tracker
-from fmnist_alexnet.train import summary_line, train
+from fmnist_alexnet.train import train
 
 SCHEDULE = {"schedule": "constant", "warmup_epochs": 0.0, "log_every": 4}
 
@@ -25,7 +26,7 @@ SCHEDULE = {"schedule": "constant", "warmup_epochs": 0.0, "log_every": 4}
 def one_epoch(module_tmp):
     """A finished 1-epoch tiny run (8 steps), to be copied and resumed."""
     out = module_tmp / "one-epoch"
-    train(tiny_config(out, epochs=1, **SCHEDULE), log=quiet)
+    train(tiny_config(out, epochs=1, tensorboard=True, **SCHEDULE), log=quiet)
     return out
 
 

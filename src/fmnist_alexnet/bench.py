@@ -2,7 +2,10 @@
 
 - ``pipeline``: training's own step (:func:`build_train_step` from the resolved config, so
   its optimizer, schedule, EMA, precision and memory format) fed by training's own batches
-  (:func:`epoch_batches`: data on the device, the preset's augmentation, batched resize);
+  (:func:`epoch_batches`: data on the device, the preset's augmentation, batched resize),
+  with the loop's bookkeeping (running sums, the finite-loss check every ``log_every``);
+- ``tensorboard`` (with ``tensorboard=True``): the same, also writing TensorBoard points
+  every ``log_every`` steps as training does;
 - ``bare``: the same step on random inputs already on the device, the upper bound the
   pipeline is measured against;
 - ``baseline``: the ``seed`` preset's step in fp32 without channels_last, fed the way the seed
@@ -18,9 +21,11 @@ from __future__ import annotations
 import itertools
 import resource
 import statistics
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -29,6 +34,8 @@ from fmnist_alexnet import runtime
 from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.data.batches import eval_batches
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.monitor import StepMonitor
+from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.runtime import (
     Distributed,
     configure_backends,
@@ -37,6 +44,7 @@ from fmnist_alexnet.runtime import (
 )
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import TrainStep, build_train_step
+from fmnist_alexnet.tracking import TensorBoardTracker, Tracker
 from fmnist_alexnet.train import epoch_batches, load_data
 
 
@@ -67,6 +75,7 @@ def bench(
     baseline: bool = True,
     baseline_workers: int = 4,
     profile: bool = False,
+    tensorboard: bool = False,
 ) -> dict:
     """Images/s of ``config``'s training step, its bare step and the seed-style baseline."""
     for name, value in (("--steps", steps), ("--windows", windows)):
@@ -74,6 +83,13 @@ def bench(
             raise FmnistError(f"{name} must be > 0, got {value}")
     if warmup < 0 or baseline_workers < 0:
         raise FmnistError("--warmup and --baseline-workers must be >= 0")
+    if tensorboard:
+        try:
+            import tensorboard as _  # noqa: F401
+        except ImportError:
+            raise FmnistError(
+                "--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first"
+            ) from None
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     configure_backends(device)
@@ -90,12 +106,18 @@ def bench(
     bare_labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
     batches = _forever(lambda epoch: epoch_batches(data.train, config, spec, epoch))
     runners: dict[str, _Runner] = {
-        "pipeline": _Runner(lambda: ours(*next(batches))),
+        "pipeline": _loop_runner(ours, batches, Tracker(), config.log_every),
         "bare": _Runner(lambda: ours(bare_inputs, bare_labels)),
     }
-    if baseline:
-        runners["baseline"] = _seed_style_runner(config, device, data, baseline_workers)
-    windows_rates = _window_rates(runners, batch_size * steps, steps, windows, warmup, device)
+    with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as events:
+        if tensorboard:
+            tracker = TensorBoardTracker(Path(events))
+            runners["tensorboard"] = _loop_runner(ours, batches, tracker, config.log_every)
+        if baseline:
+            runners["baseline"] = _seed_style_runner(config, device, data, baseline_workers)
+        windows_rates = _window_rates(runners, batch_size * steps, steps, windows, warmup, device)
+        if tensorboard:
+            tracker.close()
     rates = {name: statistics.median(values) for name, values in windows_rates.items()}
 
     eval_data = data.train.head(min(len(data.train), batch_size * steps))
@@ -116,6 +138,9 @@ def bench(
         "train_images_per_sec": rates["pipeline"],
         "bare_train_images_per_sec": rates["bare"],
         "pipeline_cost": 1.0 - rates["pipeline"] / rates["bare"],
+        "tensorboard_train_images_per_sec": rates.get("tensorboard"),
+        "tensorboard_ratio": rates["tensorboard"] / rates["pipeline"] if tensorboard else None,
+        "log_every": config.log_every,
         "baseline_train_images_per_sec": rates.get("baseline"),
         "speedup_vs_baseline": rates["pipeline"] / rates["baseline"] if baseline else None,
         "baseline_workers": baseline_workers if baseline else None,
@@ -159,6 +184,20 @@ def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _Load
         drop_last=True,
     )
     return _LoaderRunner(loader, seed_step, device)
+
+
+def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> _Runner:
+    """A step as training's loop takes it: batch, step, running sums, the monitor."""
+    progress = Progress()
+    monitor = StepMonitor(tracker, log_every)
+
+    def one() -> None:
+        inputs, labels = next(batches)
+        loss, logits = step(inputs, labels)
+        progress.record_step(loss, logits, labels)
+        monitor.after_step(progress.step, loss, step.grad_norm, step.lr, len(labels))
+
+    return _Runner(one)
 
 
 def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:

@@ -78,6 +78,7 @@ _METAVARS = {
 }
 # The config fields `bench` takes as flags, overriding its preset as `train`'s do.
 BENCH_FLAGS = (
+    "log_every",
     "arch",
     "image_size",
     "batch_size",
@@ -209,6 +210,9 @@ def _add_evaluate(commands) -> None:
         help="test-time augmentation: flip averages each image's and its mirror's softmax "
         "(reported apart from the plain accuracy)",
     )
+    evaluate.add_argument(
+        "--limit-eval", type=int, default=0, metavar="N", help="the first N images only (0: all)"
+    )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -282,6 +286,11 @@ def _add_bench(commands) -> None:
         type=int,
         default=4,
         help="DataLoader workers of the baseline (4, as the seed used)",
+    )
+    bench.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="also time the pipeline writing TensorBoard points every --log-every steps",
     )
     bench.add_argument(
         "--profile",
@@ -367,10 +376,11 @@ def _given(args, names) -> dict:
 
 
 def _train(args) -> int:
+    from fmnist_alexnet.messages import summary_line
     from fmnist_alexnet.plan import plan_run
     from fmnist_alexnet.recipe import read_recipe
     from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
-    from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, summary_line, train
+    from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, train
 
     overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
     recipe = read_recipe(args.config) if args.config else None
@@ -418,6 +428,7 @@ def _evaluate(args) -> int:
         batch_size=args.batch_size,
         precision=args.precision,
         tta=args.tta,
+        limit=args.limit_eval,
     )
     if args.json:
         keys = ("split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix")
@@ -472,6 +483,7 @@ def _bench(args) -> int:
         baseline=args.baseline,
         baseline_workers=args.baseline_workers,
         profile=args.profile,
+        tensorboard=args.tensorboard,
     )
     if args.json:
         print(json.dumps(result))
@@ -487,6 +499,12 @@ def _bench(args) -> int:
         f"  train, bare step loop   {result['bare_train_images_per_sec']:9.1f} img/s  "
         f"(pipeline cost {100 * result['pipeline_cost']:.1f} %)"
     )
+    if result["tensorboard_train_images_per_sec"] is not None:
+        print(
+            f"  train, with TensorBoard {result['tensorboard_train_images_per_sec']:9.1f} img/s  "
+            f"({result['tensorboard_ratio']:.3f}x the pipeline's; a point every "
+            f"{result['log_every']} steps)"
+        )
     if result["baseline_train_images_per_sec"] is not None:
         print(
             f"  train, seed-style       {result['baseline_train_images_per_sec']:9.1f} img/s  "

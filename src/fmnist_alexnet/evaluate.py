@@ -98,6 +98,8 @@ def evaluate_checkpoint(
     """
     if batch_size <= 0:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
+    if limit < 0:
+        raise FmnistError(f"--limit-eval must be >= 0, got {limit}")
     loaded = load_model(path, device, precision)
     if split == "val" and not loaded.config.val_size:
         raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")

@@ -37,6 +37,8 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
     history = run.read_metrics()
     loaded = load_model(best, device)
     images, labels = load_split(find_data(data_dir or loaded.config.data_dir), "test")
+    if loaded.config.limit_eval:  # as the run's own test did (test_metrics.json)
+        images, labels = images[: loaded.config.limit_eval], labels[: loaded.config.limit_eval]
     probs = _probabilities(loaded, images)
     predictions = probs.argmax(1)
     names = loaded.spec.class_names
@@ -73,7 +75,7 @@ def model_card(
     lines = [
         f"# Model card: {spec.arch} on Fashion-MNIST ({run_path.name})",
         "",
-        f"**Test accuracy {accuracy:.4f}** on the official {n:,}-image test set, measured once "
+        f"**Test accuracy {accuracy:.4f}** on {_test_set(n)}, measured once "
         f"on `best.pt` (epoch {loaded.best_epoch}, {chosen}).",
         "",
         "## Model",
@@ -123,6 +125,12 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def _test_set(n: int) -> str:
+    if n == 10_000:
+        return "the official 10,000-image test set"
+    return f"the first {n:,} images of the official test set (the run's --limit-eval)"
 
 
 @torch.no_grad()

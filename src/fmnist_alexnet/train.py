@@ -28,6 +28,12 @@ from fmnist_alexnet.data.batches import (
 from fmnist_alexnet.data.sources import DataSource, find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
+from fmnist_alexnet.messages import (
+    diverged_line,
+    epoch_line,
+    resumed_line,
+    start_line,
+)
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
 from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
@@ -89,6 +95,7 @@ class Session:
     monitor: StepMonitor
     dist: Distributed
     log: Callable[[str], None]
+    saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
 def train(
@@ -127,9 +134,9 @@ def train(
         runtime["resumed"] = {"epoch": resume.epoch, "step": resume.step, "changed": changed}
     run.write_config(config, runtime)
     if dist.is_main:
-        log(_start_line(config, device, precision, data, run))
+        log(start_line(config, device, precision, data, run))
         if resume is not None:
-            log(_resumed_line(runtime["resumed"]))
+            log(resumed_line(runtime["resumed"]))
     tracker = open_tracker(
         run.path,
         enabled=config.tensorboard and dist.is_main,
@@ -139,12 +146,22 @@ def train(
     monitor = StepMonitor(tracker, config.log_every, dist)
     spec = ModelSpec.from_config(config)
     session = Session(config, spec, data, step, run, progress, monitor, dist, log)
+    if resume is not None and (run.checkpoints / "last.pt").is_file():
+        session.saved_epoch = resume.epoch
     try:
         stopped = train_epochs(session, should_stop, on_epoch)
         dist.barrier()
         return finish(session, test, stopped)
     except NonFinite as exc:
-        raise TrainingDiverged(_diverged_message(exc, session)) from None
+        kept = (
+            f"{run.checkpoints / 'last.pt'} keeps epoch {session.saved_epoch}, the last "
+            "finite state"
+            if session.saved_epoch is not None
+            else "no checkpoint was written"
+        )
+        raise TrainingDiverged(
+            diverged_line(exc.what, exc.step, data.steps_per_epoch, kept, config)
+        ) from None
     finally:
         tracker.close()
 
@@ -179,7 +196,7 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             s.run.append_metrics(row)
             s.monitor.tracker.log_scalars(progress.step, _epoch_scalars(row))
             if s.dist.is_main:
-                s.log(_epoch_line(row, config.epochs))
+                s.log(epoch_line(row, config.epochs))
             if stopped:
                 return stopped
     return None
@@ -192,6 +209,7 @@ def save_last(s: Session) -> Path:
     if not weights_are_finite(s.step.model):
         raise NonFinite(s.progress.step, "the weights were not finite")
     s.run.save_checkpoint("last.pt", s.step.checkpoint(s.config, s.progress))
+    s.saved_epoch = s.progress.epoch
     return s.run.checkpoints / "last.pt"
 
 
@@ -393,21 +411,6 @@ def _final_figures(s: Session, test: dict) -> dict:
     }
 
 
-def _diverged_message(exc: NonFinite, s: Session) -> str:
-    epoch = (exc.step - 1) // s.data.steps_per_epoch + 1
-    last = s.run.checkpoints / "last.pt"
-    kept = (
-        f"{last} keeps epoch {s.progress.epoch}, the last finite state"
-        if last.is_file()
-        else "no checkpoint was written"
-    )
-    clip = "" if s.config.grad_clip else " or --grad-clip 1.0"
-    return (
-        f"training diverged: {exc.what} at step {exc.step} (epoch {epoch}); stopped without "
-        f"saving it: {kept}; try a --lr below {s.config.lr:g}{clip}"
-    )
-
-
 def _test_metrics(result: TrainResult, best: Path) -> dict:
     return {
         "checkpoint": str(best),
@@ -436,49 +439,3 @@ def _runtime(config, device, precision, dist, data: RunData) -> dict:
 
 def _print_now(line: str) -> None:
     print(line, flush=True)  # progress lines reach a pipe or `tee` as they happen
-
-
-def _start_line(config, device, precision, data: RunData, run: RunDir) -> str:
-    sizes = f"{config.image_size} px"
-    if config.start_epochs:
-        sizes = f"{config.start_size} px for {config.start_epochs} epochs then {sizes}"
-    return (
-        f"training {config.arch} ({config.preset} preset) on {device} in {precision}, "
-        f"{sizes}, {len(data.train)} train / {len(data.val)} val images, "
-        f"{config.epochs} epochs of {data.steps_per_epoch} steps -> {run.path}"
-    )
-
-
-def _resumed_line(resumed: dict) -> str:
-    changed = [
-        f"{name} {old} -> {new}"
-        for name, (old, new) in resumed["changed"].items()
-        if name not in ("out", "progress")
-    ]
-    applied = f"; from here on: {', '.join(changed)}" if changed else ""
-    return f"resuming after epoch {resumed['epoch']}, step {resumed['step']}{applied}"
-
-
-def _epoch_line(row: dict, epochs: int) -> str:
-    val = (
-        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
-        if row["val_acc"] is not None
-        else "no validation split"
-    )
-    return (
-        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
-        f"acc {row['train_acc']:.4f} | {val} | lr {row['lr']:.2e} | "
-        f"{row['images_per_sec']:.0f} img/s | {row['elapsed_s']:.0f} s"
-    )
-
-
-def summary_line(result: TrainResult) -> str:
-    test = result.test
-    scored = (
-        f"test accuracy {test['accuracy']:.4f} on {test['n']} images " if test else "not tested "
-    )
-    stopped = f" | {result.stopped}" if result.stopped else ""
-    return (
-        f"{scored}(best.pt from epoch {result.best_epoch}) | wall {result.wall_s:.1f} s | "
-        f"{result.train_images_per_sec:.0f} train img/s{stopped} | run {result.out}"
-    )

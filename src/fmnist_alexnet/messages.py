@@ -1,0 +1,58 @@
+"""The lines a training run prints: its start, a resume, each epoch, a divergence, the end."""
+
+from __future__ import annotations
+
+
+def start_line(config, device, precision, data, run) -> str:
+    sizes = f"{config.image_size} px"
+    if config.start_epochs:
+        sizes = f"{config.start_size} px for {config.start_epochs} epochs then {sizes}"
+    return (
+        f"training {config.arch} ({config.preset} preset) on {device} in {precision}, "
+        f"{sizes}, {len(data.train)} train / {len(data.val)} val images, "
+        f"{config.epochs} epochs of {data.steps_per_epoch} steps -> {run.path}"
+    )
+
+
+def resumed_line(resumed: dict) -> str:
+    changed = [
+        f"{name} {old} -> {new}"
+        for name, (old, new) in resumed["changed"].items()
+        if name not in ("out", "progress")
+    ]
+    applied = f"; from here on: {', '.join(changed)}" if changed else ""
+    return f"resuming after epoch {resumed['epoch']}, step {resumed['step']}{applied}"
+
+
+def epoch_line(row: dict, epochs: int) -> str:
+    val = (
+        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
+        if row["val_acc"] is not None
+        else "no validation split"
+    )
+    return (
+        f"epoch {row['epoch']}/{epochs}  train loss {row['train_loss']:.4f} "
+        f"acc {row['train_acc']:.4f} | {val} | lr {row['lr']:.2e} | "
+        f"{row['images_per_sec']:.0f} img/s | {row['elapsed_s']:.0f} s"
+    )
+
+
+def summary_line(result) -> str:
+    test = result.test
+    scored = (
+        f"test accuracy {test['accuracy']:.4f} on {test['n']} images " if test else "not tested "
+    )
+    stopped = f" | {result.stopped}" if result.stopped else ""
+    return (
+        f"{scored}(best.pt from epoch {result.best_epoch}) | wall {result.wall_s:.1f} s | "
+        f"{result.train_images_per_sec:.0f} train img/s{stopped} | run {result.out}"
+    )
+
+
+def diverged_line(what: str, step: int, steps_per_epoch: int, kept: str, config) -> str:
+    epoch = (step - 1) // steps_per_epoch + 1
+    clip = "" if config.grad_clip else " or --grad-clip 1.0"
+    return (
+        f"training diverged: {what} at step {step} (epoch {epoch}); stopped without "
+        f"saving it: {kept}; try a --lr below {config.lr:g}{clip}"
+    )
