@@ -22,7 +22,7 @@ def trained(module_tmp):
     out = train_quietly(
         module_tmp / "run",
         image_size=64,
-        limit_train=2048,
+        limit_train=1024,
         limit_eval=256,
         epochs=1,
         batch_size=64,

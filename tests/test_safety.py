@@ -94,6 +94,7 @@ def test_resume_refuses_what_it_cannot_apply(one_epoch, flag, value):
 
 def test_early_stopping_stops_says_why_and_resumes_with_its_counter(run_copy):
     overrides = {"out": str(run_copy), "epochs": 3, "early_stop": 1, "min_delta": 1.0}
+    overrides["tensorboard"] = False  # a resumed run may switch it off
     result = train(*plan_run(None, overrides, "auto"), log=quiet)
     rows = [json.loads(line) for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
     assert [row["epoch"] for row in rows] == [1, 2]

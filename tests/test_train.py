@@ -21,11 +21,15 @@ from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.train import TrainingInterrupted, train
 
+# A schedule that does not depend on the total: a 1-epoch run is then exactly the first
+# half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
+SCHEDULE = {"schedule": "constant", "warmup_epochs": 0.5}
+
 
 @pytest.fixture(scope="module")
 def straight_run(module_tmp):
-    out = module_tmp
-    train(tiny_config(out, tensorboard=True), log=quiet)
+    out = module_tmp / "straight"
+    train(tiny_config(out, tensorboard=True, **SCHEDULE), log=quiet)
     return out
 
 
@@ -85,16 +89,12 @@ def test_tensorboard_holds_the_run_as_its_metrics_say(straight_run):
     assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/samples"}
 
 
-def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):
-    # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
-    # half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
-    schedule = {"schedule": "constant", "warmup_epochs": 0.5}
-    train(tiny_config(tmp_path / "straight", **schedule), log=quiet)
-    train(tiny_config(tmp_path / "resumed", epochs=1, **schedule), log=quiet)
+def test_resume_at_epoch_boundary_equals_straight_run(straight_run, tmp_path):
+    train(tiny_config(tmp_path / "resumed", epochs=1, **SCHEDULE), log=quiet)
     config, state = plan_run(None, {"epochs": 2, "out": str(tmp_path / "resumed")}, "auto")
     assert state.epoch == 1
     train(config, state, log=quiet)
-    assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(tmp_path / "straight"))
+    assert_same_weights(final_weights(tmp_path / "resumed"), final_weights(straight_run))
     tmp_path = tmp_path / "resumed"
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(r)["epoch"] for r in rows] == [1, 2]
@@ -102,7 +102,7 @@ def test_resume_at_epoch_boundary_equals_straight_run(tmp_path):
 
 def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(straight_run, tmp_path):
     with pytest.raises(TrainingInterrupted, match="resume with: fmnist-alexnet train --resume"):
-        train(tiny_config(tmp_path), log=quiet, should_stop=stop_after(11))  # epoch 2, step 3
+        train(tiny_config(tmp_path, **SCHEDULE), log=quiet, should_stop=stop_after(11))
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (saved.epoch, saved.step) == (1, 11)
     config, state = plan_run(None, {}, str(tmp_path / "checkpoints" / "last.pt"))
@@ -187,7 +187,9 @@ def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_fin
         return real(data, **kwargs)
 
     monkeypatch.setattr(train_module, "train_batches", recording)
-    config = tiny_config(tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2)
+    config = tiny_config(
+        tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2, limit_train=64
+    )
     train(config, log=quiet)
     assert sizes == [63, 63, 72]
     best = load_checkpoint(tmp_path / "checkpoints" / "best.pt")
