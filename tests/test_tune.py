@@ -66,3 +66,14 @@ def test_tune_prunes_reports_tests_once_and_resumes(tmp_path, capsys):
     capsys.readouterr()
     assert main([*tune_args(out, space, 1), "--lr", "0.01"]) == 2
     assert "was run with another fixed" in capsys.readouterr().err
+
+
+def test_a_trial_that_cannot_run_fails_in_one_line_and_the_study_goes_on(tmp_path, capsys):
+    space = tmp_path / "space.toml"
+    space.write_text('[image_size]\ntype = "categorical"\nchoices = [64]\n')
+    argv = ["tune", "--out", str(tmp_path / "t"), "--space", str(space), "--trials", "2"]
+    assert main([*argv, "--arch", "alexnet-paper", "--device", "cpu", "--no-tensorboard"]) == 1
+    out = capsys.readouterr().out
+    assert out.count("failed: --image-size 64 is too small") == 2, out
+    assert "Traceback" not in out and "no trial completed" in out
+    assert "Trial 1 failed: --image-size 64" in (tmp_path / "t" / "tune_report.md").read_text()

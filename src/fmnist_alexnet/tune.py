@@ -105,7 +105,6 @@ def tune(
             objective,
             n_trials=settings.trials,
             timeout=settings.timeout,
-            catch=(FmnistError, ArithmeticError),
             callbacks=[lambda study, trial: log(_trial_line(trial))],
         )
     from fmnist_alexnet.tune_report import write_tune_report
@@ -128,7 +127,11 @@ class _Objective:
         run_dir = self.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("out", str(run_dir))
         settings = {"progress": False, **self.fixed, **params, "out": str(run_dir)}
-        config = resolve(self.preset, settings)
+        try:
+            config = resolve(self.preset, settings)
+        except FmnistError as exc:  # e.g. a sampled size this architecture cannot take
+            trial.set_user_attr("error", str(exc))
+            return math.nan
 
         def on_epoch(row: dict) -> str | None:
             trial.report(row["val_acc"], row["epoch"])
@@ -141,8 +144,10 @@ class _Objective:
 
         try:
             result = train(config, log=trial_log, on_epoch=on_epoch, test=False)
-        except TrainingDiverged as exc:
-            raise ArithmeticError(str(exc)) from None
+        except (FmnistError, TrainingDiverged) as exc:
+            # a failed trial (Optuna marks a NaN value so), said in one line, not a traceback
+            trial.set_user_attr("error", str(exc))
+            return math.nan
         trial.set_user_attr("epochs", len(result.history))
         trial.set_user_attr("wall_s", result.wall_s)
         if result.stopped and result.stopped.startswith("pruned"):
@@ -161,7 +166,7 @@ def _open_study(optuna, preset: str, fixed: dict, space: dict, settings: TuneSet
     """Create or load the study; a loaded one must have been run with the same preset,
     fixed settings and space (its trials would not be comparable otherwise)."""
     storage = settings.storage or f"sqlite:///{(settings.out / 'study.db').resolve()}"
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line
     try:
         study = optuna.create_study(
             study_name=settings.study,
@@ -222,7 +227,7 @@ def _trial_line(trial) -> str:
     if state == "pruned":
         value = f"pruned at epoch {trial.user_attrs.get('epochs', '?')}"
     elif state == "fail":
-        value = "failed: " + str(trial.system_attrs.get("fail_reason", "")).splitlines()[-1][:200]
+        value = "failed: " + trial.user_attrs.get("error", "see the log above")
     params = ", ".join(f"{k}={_short(v)}" for k, v in trial.params.items())
     return f"trial {trial.number}: {value} ({params})"
 

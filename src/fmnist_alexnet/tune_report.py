@@ -136,6 +136,9 @@ def _markdown(study, summary: dict, preset: str, fixed: dict) -> str:
         cells += [_cell(trial.params.get(name)) for name in names]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
+    for trial in study.trials:
+        if "error" in trial.user_attrs:
+            lines += [f"Trial {trial.number} failed: {trial.user_attrs['error']}", ""]
     for plot in summary["plots"]:
         lines += [f"![{plot}]({plot})", ""]
     return "\n".join(lines)
