@@ -139,8 +139,8 @@ def test_every_preset_trains_on_real_images(tmp_path, preset):
 
 @pytest.mark.slow
 def test_learns_a_real_subset(tmp_path):
-    """3,000 real training images, 64 px, 3 epochs: far above the 10% of chance (it reached
-    0.625 on the 2-core AMD machine, where this test takes about two minutes).
+    """2,400 real training images, 64 px, 3 epochs: far above the 10% of chance (0.66 on the
+    first 500 test images on the 2-core AMD machine, where it takes under two minutes).
 
     The recipe is spelled out rather than taken from a preset, so tuning a preset cannot
     quietly weaken this test.
@@ -164,15 +164,15 @@ def test_learns_a_real_subset(tmp_path):
         "quick",
         {
             **recipe,
-            "limit_train": 3000,
-            "limit_eval": 1000,
+            "limit_train": 2400,
+            "limit_eval": 500,
             "device": "cpu",
             "progress": False,
             "out": str(tmp_path),
         },
     )
     result = train(config, log=quiet)
-    assert result.test["n"] == 1000
+    assert result.test["n"] == 500
     assert result.test["accuracy"] > 0.55, result.test["accuracy"]
 
 
