@@ -43,6 +43,7 @@ def main() -> None:
     parser.add_argument("--out", default="tensorboard.png")
     parser.add_argument("--page", default="scalars", help="dashboard (scalars, timeseries...)")
     parser.add_argument("--width", type=int, default=1600)
+    parser.add_argument("--settle", type=float, default=8, help="seconds to let charts draw")
     args = parser.parse_args()
 
     port = free_port()
@@ -66,8 +67,7 @@ def main() -> None:
                 lambda r: outside.append(r.url) if not r.url.startswith(url) else None,
             )
             page.goto(f"{url}#{args.page}", wait_until="networkidle")
-            page.wait_for_selector("canvas, svg", timeout=30_000)
-            time.sleep(3)  # the charts draw after their data arrives
+            page.wait_for_timeout(args.settle * 1000)  # charts draw after their data arrives
             page.screenshot(path=args.out, full_page=True)
             browser.close()
         print(f"wrote {args.out}; requests outside the server: {len(outside)} {outside[:3]}")
