@@ -385,6 +385,8 @@ def _train(args) -> int:
     overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
     recipe = read_recipe(args.config) if args.config else None
     config, resume = plan_run(args.preset, overrides, args.resume, recipe)
+    if args.resume == "auto" and resume is None:
+        print(f"no checkpoint in {config.out} yet: starting a new run there", flush=True)
     dist = init_distributed(config.device)
     try:
         result = train(config, resume, dist)

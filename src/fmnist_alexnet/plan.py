@@ -57,7 +57,9 @@ def plan_run(
 ) -> tuple[TrainConfig, Checkpoint | None]:
     """A new run takes the preset (the recipe's, else ``quick``), the recipe and the
     explicit flags. A resumed run takes the checkpoint's own config, the recipe and the
-    flags (``--epochs`` is the total)."""
+    flags (``--epochs`` is the total). ``--resume auto`` with no ``OUT/checkpoints/last.pt``
+    yet starts a new run there, so one command serves a job's first start and every
+    restart after a crash or preemption."""
     recipe = dict(recipe or {})
     preset = preset or recipe.pop("preset", None)
     recipe.pop("preset", None)
@@ -72,6 +74,8 @@ def plan_run(
         if not settings.get("out"):
             raise FmnistError("--resume auto needs --out DIR (the run folder to continue)")
         path = Path(settings["out"]) / "checkpoints" / "last.pt"
+        if not path.is_file():  # nothing to continue yet: the same command starts the run
+            return plan_run(preset, settings, None)
     else:
         path = Path(resume)
     checkpoint = load_checkpoint(path)

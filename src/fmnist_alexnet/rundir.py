@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no run-folder lock
+    fcntl = None
 
 from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.atomic import atomic_link_or_copy, atomic_write_text
@@ -18,9 +25,10 @@ class RunDir:
         self.enabled = enabled
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
+        self._lock = None
 
     def prepare(self) -> None:
-        """Create the folder and prove it is writable before any work is done."""
+        """Create the folder, prove it is writable and take its lock before any work."""
         if not self.enabled:
             return
         try:
@@ -31,6 +39,43 @@ class RunDir:
             raise FmnistError(
                 f"--out {self.path}: cannot write there ({exc.strerror or exc})"
             ) from None
+        self._take_lock()
+
+    def _take_lock(self) -> None:
+        """One training per folder: an OS lock on ``OUT/.lock``, which the kernel releases
+        when its holder ends, however it ends, so a killed run leaves no stale lock."""
+        if fcntl is None:
+            return
+        handle = open(self.path / ".lock", "a+", encoding="utf-8")  # noqa: SIM115 (held)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise FmnistError(
+                f"--out {self.path} is in use by another training ({holder}); wait for it "
+                "to end or choose another --out"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        since = time.strftime("%Y-%m-%d %H:%M:%S")
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {since}\n")
+        handle.flush()
+        self._lock = handle
+
+    def release(self) -> None:
+        """Give the folder's lock back (the end of the process does it too)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+    def __enter__(self) -> RunDir:
+        self.prepare()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
     def write_config(self, config, runtime: dict) -> None:
         self.write_json("config.json", {**config.to_dict(), "runtime": runtime})

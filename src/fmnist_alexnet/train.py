@@ -117,53 +117,53 @@ def train(
     """
     dist, log = dist or Distributed(), log or _print_now
     started = time.perf_counter()
-    device = resolve_device(config.device, dist.local_rank)
-    precision = resolve_precision(config.precision, device)
-    configure_backends(device)
-    run = RunDir(Path(config.out), enabled=dist.is_main)
-    run.prepare()
+    # The folder is created, proved writable and locked for this run (released at the end).
+    with RunDir(Path(config.out), enabled=dist.is_main) as run:
+        device = resolve_device(config.device, dist.local_rank)
+        precision = resolve_precision(config.precision, device)
+        configure_backends(device)
 
-    data = load_data(config, device, dist)
-    step = build_train_step(config, device, precision, data.steps_per_epoch, dist, resume)
-    progress = Progress(resume, started)
-    if resume is not None:
-        run.truncate_metrics(after_epoch=progress.epoch)
-    runtime = _runtime(config, device, precision, dist, data)
-    if resume is not None:
-        changed = {k: list(v) for k, v in resume_changes(resume.config, config).items()}
-        runtime["resumed"] = {"epoch": resume.epoch, "step": resume.step, "changed": changed}
-    run.write_config(config, runtime)
-    if dist.is_main:
-        log(start_line(config, device, precision, data, run))
+        data = load_data(config, device, dist)
+        step = build_train_step(config, device, precision, data.steps_per_epoch, dist, resume)
+        progress = Progress(resume, started)
         if resume is not None:
-            log(resumed_line(runtime["resumed"]))
-    tracker = open_tracker(
-        run.path,
-        enabled=config.tensorboard and dist.is_main,
-        resumed_step=resume.step if resume else None,
-        log=log,
-    )
-    monitor = StepMonitor(tracker, config.log_every, dist)
-    spec = ModelSpec.from_config(config)
-    session = Session(config, spec, data, step, run, progress, monitor, dist, log)
-    if resume is not None and (run.checkpoints / "last.pt").is_file():
-        session.saved_epoch = resume.epoch
-    try:
-        stopped = train_epochs(session, should_stop, on_epoch)
-        dist.barrier()
-        return finish(session, test, stopped)
-    except NonFinite as exc:
-        kept = (
-            f"{run.checkpoints / 'last.pt'} keeps epoch {session.saved_epoch}, the last "
-            "finite state"
-            if session.saved_epoch is not None
-            else "no checkpoint was written"
+            run.truncate_metrics(after_epoch=progress.epoch)
+        runtime = _runtime(config, device, precision, dist, data)
+        if resume is not None:
+            changed = {k: list(v) for k, v in resume_changes(resume.config, config).items()}
+            runtime["resumed"] = {"epoch": resume.epoch, "step": resume.step, "changed": changed}
+        run.write_config(config, runtime)
+        if dist.is_main:
+            log(start_line(config, device, precision, data, run))
+            if resume is not None:
+                log(resumed_line(runtime["resumed"]))
+        tracker = open_tracker(
+            run.path,
+            enabled=config.tensorboard and dist.is_main,
+            resumed_step=resume.step if resume else None,
+            log=log,
         )
-        raise TrainingDiverged(
-            diverged_line(exc.what, exc.step, data.steps_per_epoch, kept, config)
-        ) from None
-    finally:
-        tracker.close()
+        monitor = StepMonitor(tracker, config.log_every, dist)
+        spec = ModelSpec.from_config(config)
+        session = Session(config, spec, data, step, run, progress, monitor, dist, log)
+        if resume is not None and (run.checkpoints / "last.pt").is_file():
+            session.saved_epoch = resume.epoch
+        try:
+            stopped = train_epochs(session, should_stop, on_epoch)
+            dist.barrier()
+            return finish(session, test, stopped)
+        except NonFinite as exc:
+            kept = (
+                f"{run.checkpoints / 'last.pt'} keeps epoch {session.saved_epoch}, the last "
+                "finite state"
+                if session.saved_epoch is not None
+                else "no checkpoint was written"
+            )
+            raise TrainingDiverged(
+                diverged_line(exc.what, exc.step, data.steps_per_epoch, kept, config)
+            ) from None
+        finally:
+            tracker.close()
 
 
 def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
