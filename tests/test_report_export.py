@@ -25,7 +25,7 @@ def run_dir(module_tmp):
     return train_quietly(
         module_tmp / "run",
         image_size=63,
-        limit_train=1024,
+        limit_train=512,
         limit_eval=256,
         epochs=2,
         batch_size=64,
