@@ -70,10 +70,15 @@ def test_tune_prunes_reports_tests_once_and_resumes(tmp_path, capsys):
 
 def test_a_trial_that_cannot_run_fails_in_one_line_and_the_study_goes_on(tmp_path, capsys):
     space = tmp_path / "space.toml"
-    space.write_text('[image_size]\ntype = "categorical"\nchoices = [64]\n')
+    space.write_text(
+        '[image_size]\ntype = "categorical"\nchoices = [64]\n'
+        '[dropout]\ntype = "float"\nlow = 0.0\nhigh = 0.6\n'
+    )
     argv = ["tune", "--out", str(tmp_path / "t"), "--space", str(space), "--trials", "2"]
+    argv += ["--dropout", "0.5"]  # a flag fixes a setting the space would search
     assert main([*argv, "--arch", "alexnet-paper", "--device", "cpu", "--no-tensorboard"]) == 1
     out = capsys.readouterr().out
+    assert "fixed by flags, not searched: dropout" in out
     assert out.count("failed: --image-size 64 is too small") == 2, out
     assert "Traceback" not in out and "no trial completed" in out
     assert "Trial 1 failed: --image-size 64" in (tmp_path / "t" / "tune_report.md").read_text()

@@ -44,7 +44,7 @@ from fmnist_alexnet.runtime import (
 )
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import TrainStep, build_train_step
-from fmnist_alexnet.tracking import TensorBoardTracker, Tracker
+from fmnist_alexnet.tracking import TensorBoardTracker, Tracker, tensorboard_installed
 from fmnist_alexnet.train import epoch_batches, load_data
 
 
@@ -83,13 +83,8 @@ def bench(
             raise FmnistError(f"{name} must be > 0, got {value}")
     if warmup < 0 or baseline_workers < 0:
         raise FmnistError("--warmup and --baseline-workers must be >= 0")
-    if tensorboard:
-        try:
-            import tensorboard as _  # noqa: F401
-        except ImportError:
-            raise FmnistError(
-                "--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first"
-            ) from None
+    if tensorboard and not tensorboard_installed():
+        raise FmnistError("--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     configure_backends(device)

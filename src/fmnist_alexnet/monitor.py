@@ -74,8 +74,10 @@ class StepMonitor:
             return None
         losses = torch.stack(self._losses).float()
         norms = torch.stack(self._norms).float() if self._norms else losses[:0]
-        flags = torch.cat([~torch.isfinite(losses), ~torch.isfinite(norms)])
-        bad = self.dist.all_reduce_sum(flags.sum().reshape(1)).item() if self.dist.enabled else 0
+        bad = 0
+        if self.dist.enabled:  # every rank learns whether any rank saw a bad value
+            flags = torch.cat([~torch.isfinite(losses), ~torch.isfinite(norms)])
+            bad = self.dist.all_reduce_sum(flags.sum().reshape(1)).item()
         losses, norms = losses.cpu(), norms.cpu()
         first = step - len(losses) + 1
         self._losses, self._norms = [], []

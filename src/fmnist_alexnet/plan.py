@@ -61,8 +61,8 @@ def plan_run(
     yet starts a new run there, so one command serves a job's first start and every
     restart after a crash or preemption."""
     recipe = dict(recipe or {})
-    preset = preset or recipe.pop("preset", None)
-    recipe.pop("preset", None)
+    recipe_preset = recipe.pop("preset", None)
+    preset = preset or recipe_preset
     settings = {**recipe, **{k: v for k, v in overrides.items() if v is not None}}
     if resume is None:
         config = resolve(preset or "quick", settings)

@@ -68,9 +68,7 @@ def open_tracker(
     missing ``tensorboard`` package is said once; the run goes on without it."""
     if not enabled:
         return Tracker()
-    try:
-        import tensorboard  # noqa: F401  (torch.utils.tensorboard needs it)
-    except ImportError:
+    if not tensorboard_installed():
         log(
             "no TensorBoard logging: the tensorboard package is not installed "
             "(pip install 'fmnist-alexnet[tensorboard]'); training goes on without it"
@@ -78,6 +76,15 @@ def open_tracker(
         return Tracker()
     purge_step = None if resumed_step is None else resumed_step + 1
     return TensorBoardTracker(run_path / "tensorboard", purge_step=purge_step)
+
+
+def tensorboard_installed() -> bool:
+    """Whether the ``tensorboard`` package that ``torch.utils.tensorboard`` needs is here."""
+    try:
+        import tensorboard  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _hparam_value(value):

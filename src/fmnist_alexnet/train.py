@@ -37,6 +37,7 @@ from fmnist_alexnet.messages import (
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
 from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
+from fmnist_alexnet.recipe import NOT_RECIPE
 from fmnist_alexnet.rundir import RunDir
 from fmnist_alexnet.runtime import (
     Distributed,
@@ -376,7 +377,7 @@ def _epoch_row(progress: Progress, trained: dict, val: dict | None, lr: float) -
     }
 
 
-_NOT_HPARAMS = {"out", "data_dir", "progress", "log_every", "tensorboard"}
+_NOT_HPARAMS = NOT_RECIPE - {"preset"}  # the preset is part of the recipe TensorBoard shows
 
 
 def _epoch_scalars(row: dict) -> dict:

@@ -93,7 +93,8 @@ def tune(
     if not base.val_size:
         raise FmnistError("tune selects on validation accuracy: it needs --val-size > 0")
     if fixed.keys() & settings.space.keys():
-        log("fixed by flags, not searched: " + ", ".join(sorted(fixed.keys() & space.keys())))
+        names = sorted(fixed.keys() & settings.space.keys())
+        log("fixed by flags, not searched: " + ", ".join(names))
     settings.out.mkdir(parents=True, exist_ok=True)
     study = _open_study(optuna, preset, fixed, space, settings)
     if not study.trials:
@@ -183,12 +184,13 @@ def _open_study(optuna, preset: str, fixed: dict, space: dict, settings: TuneSet
     except (ImportError, ValueError) as exc:  # a bad URL, a database driver not installed
         raise FmnistError(f"--storage {storage}: {exc}") from None
     setup = {"preset": preset, "fixed": fixed, "space": space}
+    stored = _jsonable(setup)  # as the storage gives it back
     saved = {key: study.user_attrs.get(key) for key in setup}
     if not study.trials and saved["preset"] is None:
         for key, value in setup.items():
             study.set_user_attr(key, value)
-    elif saved != _jsonable(setup):
-        differs = ", ".join(k for k in setup if saved[k] != _jsonable(setup)[k])
+    elif saved != stored:
+        differs = ", ".join(k for k in setup if saved[k] != stored[k])
         raise FmnistError(
             f"study {settings.study!r} in {storage} was run with another {differs} "
             f"({saved}); pass the same flags to add trials, or another --study/--out"
