@@ -1,5 +1,8 @@
 """What a checkpoint holds: atomic writes, safe loads, the format version, format 1."""
 
+import errno
+import os
+
 import pytest
 import torch
 
@@ -100,12 +103,40 @@ def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
 
 
+def test_a_write_error_wrapped_by_a_library_is_one_line_naming_file_and_cause(tmp_path):
+    """torch's zip writer turns EFBIG/ENOSPC into a RuntimeError; the OSError behind it is
+    what the user is told about, and the old file stays."""
+    path = tmp_path / "last.pt"
+    path.write_bytes(b"old")
+    for code, says in ((errno.EFBIG, "file-size limit"), (errno.ENOSPC, "the disk is full")):
+
+        def full(handle, code=code):
+            try:
+                raise OSError(code, os.strerror(code))
+            except OSError:
+                raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos") from None
+
+        with pytest.raises(FmnistError, match=f"{path}: cannot write .*{says}") as error:
+            atomic_write(path, full)
+        assert "\n" not in str(error.value)
+        assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["last.pt"]
+
+
 def test_link_or_copy_survives_replacing_the_source(tmp_path):
     source = tmp_path / "last.pt"
     atomic_write(source, lambda h: h.write(b"epoch 1"))
     atomic_link_or_copy(source, tmp_path / "best.pt")
     atomic_write(source, lambda h: h.write(b"epoch 2"))
     assert (tmp_path / "best.pt").read_bytes() == b"epoch 1"
+
+
+def test_link_or_copy_onto_the_same_file_leaves_no_temp(tmp_path):
+    """rename() between two links of one file does nothing: the temp link would stay."""
+    source = tmp_path / "last.pt"
+    atomic_write(source, lambda h: h.write(b"epoch 1"))
+    atomic_link_or_copy(source, tmp_path / "best.pt")
+    atomic_link_or_copy(source, tmp_path / "best.pt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.pt"]
 
 
 def test_missing_garbage_and_foreign_files(tmp_path):

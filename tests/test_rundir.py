@@ -1,6 +1,7 @@
 """The run folder: one training at a time (an OS lock no killed run leaves behind), and
 `--resume auto` that starts the run when there is nothing to resume yet."""
 
+import errno
 import os
 import signal
 import subprocess
@@ -54,3 +55,40 @@ def test_resume_auto_with_no_checkpoint_yet_plans_a_new_run_there(tmp_path):
     config, resume = plan_run("seed", {"out": str(tmp_path / "run"), "epochs": 2}, "auto")
     assert resume is None
     assert (config.preset, config.out, config.epochs) == ("seed", str(tmp_path / "run"), 2)
+
+
+def test_temp_files_a_killed_write_left_are_removed_on_the_next_start(tmp_path):
+    run = tmp_path / "run"
+    (run / "checkpoints").mkdir(parents=True)
+    left = [run / ".config.json.k2j3.tmp", run / "checkpoints" / ".last.pt.abc.tmp",
+            run / "checkpoints" / ".best.pt.link.tmp"]  # fmt: skip
+    for path in left:
+        path.write_bytes(b"half")
+    (run / "checkpoints" / "last.pt").write_bytes(b"whole")
+    with RunDir(run) as folder:
+        assert sorted(folder.removed_temp) == sorted(left)
+    assert not any(path.exists() for path in left)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == b"whole"
+
+
+def test_a_torn_metrics_line_is_dropped_and_a_failed_append_leaves_none(tmp_path, monkeypatch):
+    run = RunDir(tmp_path / "run")
+    run.prepare()
+    run.append_metrics({"epoch": 1, "val_acc": 0.5})
+    with open(run.metrics, "a") as handle:  # a process killed inside its append
+        handle.write('{"epoch": 2, "val_')
+    assert run.read_metrics() == [{"epoch": 1, "val_acc": 0.5}]
+    run.truncate_metrics(after_epoch=1)
+    before = run.metrics.read_bytes()
+
+    def half_then_full(fd, data):
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    real_write = os.write
+    monkeypatch.setattr("fmnist_alexnet.rundir.os.write", half_then_full)
+    with pytest.raises(FmnistError, match="metrics.jsonl: cannot write .*the disk is full"):
+        run.append_metrics({"epoch": 2, "val_acc": 0.6})
+    monkeypatch.undo()
+    assert run.metrics.read_bytes() == before
+    run.release()

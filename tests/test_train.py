@@ -1,7 +1,13 @@
 """Training on real data: it learns, it resumes exactly, it writes what it promises."""
 
+import hashlib
 import json
 import math
+import os
+import resource
+import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -18,7 +24,7 @@ from fmnist_alexnet.checkpoint import FORMAT_VERSION, load_checkpoint
 from fmnist_alexnet.config import PRESETS, resolve
 from fmnist_alexnet.data import CLASS_NAMES, MEAN, STD
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.plan import plan_run
+from fmnist_alexnet.plan import RunComplete, plan_run
 from fmnist_alexnet.train import TrainingInterrupted, train
 
 # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
@@ -89,6 +95,34 @@ def test_tensorboard_holds_the_run_as_its_metrics_say(straight_run):
     assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/samples"}
 
 
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(straight_run, tmp_path):
+    """A file-size limit (RLIMIT_FSIZE, as `ulimit -f` sets) makes the next last.pt write
+    fail part-way: exit 2, one line naming the file and the cause, the old last.pt intact."""
+    run = tmp_path / "run"
+    shutil.copytree(straight_run, run, copy_function=os.link)  # files are only ever replaced
+    last = run / "checkpoints" / "last.pt"
+    before = hashlib.sha256(last.read_bytes()).hexdigest()
+    limit = 50 * 2**20  # far below a checkpoint, far above config.json and metrics.jsonl
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    argv = ["train", "--resume", "auto", "--out", str(run), "--epochs", "3", "--no-report"]
+    done = subprocess.run(
+        [sys.executable, "-m", "fmnist_alexnet", *argv],
+        preexec_fn=small_files,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert f"{last}: cannot write (File too large: a file-size limit" in lines[0]
+    assert hashlib.sha256(last.read_bytes()).hexdigest() == before
+    assert load_checkpoint(last).epoch == 2
+    assert not list(run.rglob(".*.tmp"))
+
+
 def test_resume_at_epoch_boundary_equals_straight_run(straight_run, tmp_path):
     train(tiny_config(tmp_path / "resumed", epochs=1, **SCHEDULE), log=quiet)
     config, state = plan_run(None, {"epochs": 2, "out": str(tmp_path / "resumed")}, "auto")
@@ -118,7 +152,11 @@ def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(straight_run, 
 
 
 def test_resume_refuses_finished_run_and_other_arch(straight_run):
+    last = straight_run / "checkpoints" / "last.pt"
     with pytest.raises(FmnistError, match="already trained 2 of 2 epochs"):
+        plan_run(None, {"out": str(straight_run)}, str(last))
+    # a requeued job's `--resume auto` on a run that ended: nothing to do, not an error
+    with pytest.raises(RunComplete, match="is complete"):
         plan_run(None, {"out": str(straight_run)}, "auto")
     with pytest.raises(FmnistError, match="--arch alexnet-paper differs"):
         plan_run(None, {"out": str(straight_run), "arch": "alexnet-paper", "epochs": 3}, "auto")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import tempfile
@@ -30,12 +31,12 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], None]) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except OSError as exc:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
-        raise FmnistError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        cause = os_error_in(exc)
+        if cause is None:
+            raise
+        raise write_error(path, cause) from None
     _fsync_dir(path.parent)
     return path
 
@@ -47,6 +48,8 @@ def atomic_link_or_copy(source: str | Path, target: str | Path) -> Path:
     as a copy and costs nothing; filesystems without links get a copy.
     """
     source, target = Path(source), Path(target)
+    if target.exists() and os.path.samefile(source, target):
+        return target  # already the same file (rename() would do nothing, leaving tmp)
     tmp = target.with_name(f".{target.name}.link.tmp")
     tmp.unlink(missing_ok=True)
     try:
@@ -57,6 +60,41 @@ def atomic_link_or_copy(source: str | Path, target: str | Path) -> Path:
     os.replace(tmp, target)
     _fsync_dir(target.parent)
     return target
+
+
+def os_error_in(exc: BaseException) -> OSError | None:
+    """The OSError behind ``exc``: itself, or the one a library wrapped (torch's zip writer
+    turns a failed write into a RuntimeError whose context is the OSError)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, OSError):
+            return exc
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return None
+
+
+def write_error(path: str | Path, exc: OSError) -> FmnistError:
+    """One line naming the file and the cause (a full disk, a quota, a file-size limit, EIO)."""
+    cause = exc.strerror or str(exc) or type(exc).__name__
+    hint = {
+        errno.ENOSPC: ": the disk is full",
+        errno.EDQUOT: ": the disk quota is used up",
+        errno.EFBIG: ": a file-size limit (ulimit -f) was reached",
+    }.get(exc.errno, "")
+    return FmnistError(f"{path}: cannot write ({cause}{hint}); nothing was replaced")
+
+
+def remove_temp_files(folder: str | Path) -> list[Path]:
+    """Delete the temp files an atomic write killed half-way left in ``folder`` (never a
+    finished file: those are only ever renamed into place). Call it with the folder locked."""
+    removed = []
+    for tmp in Path(folder).glob(".*.tmp"):
+        try:
+            tmp.unlink()
+        except OSError:
+            continue
+        removed.append(tmp)
+    return removed
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:

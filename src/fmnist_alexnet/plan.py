@@ -49,6 +49,10 @@ RESUME_APPLIES = frozenset(
 )
 
 
+class RunComplete(Exception):
+    """``--resume auto`` found the run already trained and tested: nothing to do (exit 0)."""
+
+
 def plan_run(
     preset: str | None,
     overrides: dict,
@@ -87,6 +91,11 @@ def plan_run(
     settings = {**settings, "out": settings.get("out") or str(path.parent.parent)}
     check_resume_changes(saved, settings, path)
     config = replace(saved, settings)
+    if checkpoint.epoch >= config.epochs and resume == "auto":
+        tested = Path(config.out) / "test_metrics.json"
+        if tested.is_file():  # a requeued job whose run had already ended
+            raise RunComplete(f"{config.out} is complete ({tested}); nothing to do")
+        return config, checkpoint  # killed after its last epoch: the run goes on to its test
     if checkpoint.epoch >= config.epochs:
         raise FmnistError(
             f"{path} has already trained {checkpoint.epoch} of {config.epochs} epochs; "

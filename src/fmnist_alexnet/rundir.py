@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -15,7 +16,12 @@ except ImportError:  # not POSIX: no run-folder lock
     fcntl = None
 
 from fmnist_alexnet import checkpoint as ckpt
-from fmnist_alexnet.atomic import atomic_link_or_copy, atomic_write_text
+from fmnist_alexnet.atomic import (
+    atomic_link_or_copy,
+    atomic_write_text,
+    remove_temp_files,
+    write_error,
+)
 from fmnist_alexnet.errors import FmnistError
 
 
@@ -26,6 +32,7 @@ class RunDir:
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
         self._lock = None
+        self.removed_temp: list[Path] = []
 
     def prepare(self) -> None:
         """Create the folder, prove it is writable and take its lock before any work."""
@@ -40,6 +47,8 @@ class RunDir:
                 f"--out {self.path}: cannot write there ({exc.strerror or exc})"
             ) from None
         self._take_lock()
+        # Under the lock, so no live write's temp file can be taken for a killed one's.
+        self.removed_temp = remove_temp_files(self.path) + remove_temp_files(self.checkpoints)
 
     def _take_lock(self) -> None:
         """One training per folder: an OS lock on ``OUT/.lock``, which the kernel releases
@@ -96,16 +105,34 @@ class RunDir:
     def append_metrics(self, row: dict) -> None:
         if not self.enabled:
             return
-        with open(self.metrics, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(row) + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+        line = memoryview((json.dumps(row) + "\n").encode("utf-8"))
+        try:
+            fd = os.open(self.metrics, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        except OSError as exc:
+            raise write_error(self.metrics, exc) from None
+        try:
+            size = os.fstat(fd).st_size
+            while line:
+                line = line[os.write(fd, line) :]
+            os.fsync(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, size)  # no torn line left behind, where the disk lets us
+            raise write_error(self.metrics, exc) from None
+        finally:
+            os.close(fd)
 
     def read_metrics(self) -> list[dict]:
+        """The rows, less a torn last line (a process killed inside the append)."""
         if not self.metrics.is_file():
             return []
-        lines = self.metrics.read_text(encoding="utf-8").splitlines()
-        return [json.loads(line) for line in lines if line.strip()]
+        rows = []
+        for line in self.metrics.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                continue
+        return [row for row in rows if isinstance(row, dict) and "epoch" in row]
 
     def truncate_metrics(self, after_epoch: int) -> None:
         """On resume, drop rows of epochs the checkpoint does not contain."""

@@ -120,6 +120,8 @@ def train(
     started = time.perf_counter()
     # The folder is created, proved writable and locked for this run (released at the end).
     with RunDir(Path(config.out), enabled=dist.is_main) as run:
+        if run.removed_temp:
+            log(f"removed {len(run.removed_temp)} temp file(s) a killed write left in {run.path}")
         device = resolve_device(config.device, dist.local_rank)
         precision = resolve_precision(config.precision, device)
         configure_backends(device)
@@ -149,6 +151,9 @@ def train(
         session = Session(config, spec, data, step, run, progress, monitor, dist, log)
         if resume is not None and (run.checkpoints / "last.pt").is_file():
             session.saved_epoch = resume.epoch
+            if resume.best_epoch == resume.epoch and resume.epoch > 0:
+                # killed between last.pt and its copy to best.pt: best.pt is one behind
+                run.copy_checkpoint("last.pt", "best.pt")
         try:
             stopped = train_epochs(session, should_stop, on_epoch)
             dist.barrier()
@@ -186,15 +191,18 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
-            save_last(s)
-            if is_best:
-                s.run.copy_checkpoint("last.pt", "best.pt")
             row = _epoch_row(progress, trained, val, s.step.lr)
             stopped = early_stop_reason(progress, config.early_stop, config.min_delta)
             if not stopped and on_epoch is not None and progress.epoch < config.epochs:
                 stopped = on_epoch(row)
             row["stop"] = stopped
+            check_finite(s)
+            # The row first, then the checkpoint: a crash between them leaves a row that the
+            # resumed run drops and writes again, never an epoch with no row.
             s.run.append_metrics(row)
+            save_last(s)
+            if is_best:
+                s.run.copy_checkpoint("last.pt", "best.pt")
             s.monitor.tracker.log_scalars(progress.step, _epoch_scalars(row))
             if s.dist.is_main:
                 s.log(epoch_line(row, config.epochs))
@@ -203,12 +211,17 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
     return None
 
 
-def save_last(s: Session) -> Path:
-    """``last.pt``, only ever with finite weights: the pending losses and every weight are
-    checked first (:class:`NonFinite` otherwise, and the previous file stays)."""
+def check_finite(s: Session) -> None:
+    """:class:`NonFinite` unless the pending losses and every weight are finite."""
     s.monitor.check(s.progress.step)
     if not weights_are_finite(s.step.model):
         raise NonFinite(s.progress.step, "the weights were not finite")
+
+
+def save_last(s: Session) -> Path:
+    """``last.pt``, only ever with finite weights: the pending losses and every weight are
+    checked first (:class:`NonFinite` otherwise, and the previous file stays)."""
+    check_finite(s)
     s.run.save_checkpoint("last.pt", s.step.checkpoint(s.config, s.progress))
     s.saved_epoch = s.progress.epoch
     return s.run.checkpoints / "last.pt"
