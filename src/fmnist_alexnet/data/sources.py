@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from fmnist_alexnet.atomic import atomic_write_bytes
-from fmnist_alexnet.data.idx import read_bytes, read_split
+from fmnist_alexnet.data.idx import read_split, sha256
 from fmnist_alexnet.errors import FmnistError
 
 DEBIAN_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -104,10 +104,7 @@ def load_splits(source: DataSource) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 def verify(source: DataSource) -> dict[str, bool]:
     """Whether each file's decompressed bytes have the published SHA-256."""
-    return {
-        name: hashlib.sha256(read_bytes(path)).hexdigest() == SHA256[name]
-        for name, path in source.files.items()
-    }
+    return {name: sha256(path) == SHA256[name] for name, path in source.files.items()}
 
 
 def download(to_dir: str | Path, mirror: str = OFFICIAL_MIRROR, timeout: float = 60.0) -> list:
@@ -142,7 +139,7 @@ def download(to_dir: str | Path, mirror: str = OFFICIAL_MIRROR, timeout: float =
 
 def _sha256_of_gz(path: Path) -> str | None:
     try:
-        return hashlib.sha256(read_bytes(path)).hexdigest()
+        return sha256(path)
     except FmnistError:
         return None
 
