@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +31,7 @@ from fmnist_alexnet.atomic import atomic_write
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data.batches import Preprocess
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.pickles import foreign_imports
 from fmnist_alexnet.runtime import autocast, resolve_device, resolve_precision
 from fmnist_alexnet.spec import ModelSpec
 
@@ -82,12 +85,25 @@ class Checkpoint:
                     else "no fmnist-alexnet writes that format"
                 )
             )
-        spec_values = state["spec"] if version >= 2 else _spec_of_format_1(state["config"])
-        return cls(
-            spec=ModelSpec.from_dict(spec_values, str(path)),
-            config=TrainConfig.from_dict(state["config"]),
-            **{key: value for key, value in state.items() if key in _STORED_AS_IS},
-        )
+        try:
+            config = state["config"]
+            spec_values = state["spec"] if version >= 2 else _spec_of_format_1(config)
+            checkpoint = cls(
+                spec=ModelSpec.from_dict(spec_values, str(path)),
+                config=TrainConfig.from_dict(config),
+                **{key: value for key, value in state.items() if key in _STORED_AS_IS},
+            )
+        except FmnistError:
+            raise
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:
+            raise FmnistError(
+                f"{path}: not an fmnist-alexnet checkpoint (bad spec or config: {exc})"
+            ) from None
+        if not isinstance(checkpoint.model, dict) or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in checkpoint.model.items()
+        ):
+            raise FmnistError(f"{path}: not an fmnist-alexnet checkpoint (no weights in it)")
+        return checkpoint
 
 
 _STORED_AS_IS = tuple(
@@ -110,11 +126,41 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
     if not path.is_file():
         raise FmnistError(f"{path}: checkpoint not found")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, OSError) as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FmnistError(f"{path}: not a readable checkpoint ({first_line})") from None
+        with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if _refused_object(exc, path):
+            raise FmnistError(
+                f"{path}: not loaded: it holds code or objects ({_refused_object(exc, path)}) "
+                "that an fmnist-alexnet checkpoint never holds, and unpickling them could "
+                "run code; only weights, numbers and strings are read from a checkpoint"
+            ) from None
+        raise FmnistError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
+        raise FmnistError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     return Checkpoint.from_state(state, path)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _refused_object(exc: BaseException, path: Path) -> str | None:
+    """What torch's safe unpickler refused to import, build or call (``posix.system``, a
+    class), or None when the file is only damaged (an unknown opcode, a short string)."""
+    text = str(exc)
+    found = re.search(r"GLOBAL ([\w.]+)", text)
+    if found:
+        return found.group(1)
+    foreign = foreign_imports(path)  # e.g. a protocol-4 pickle, refused before its imports
+    if foreign:
+        return ", ".join(foreign[:3])
+    for marker in ("call reduce for", "create new object", "Can only build"):
+        if marker in text:
+            return "a pickled object"
+    return None
 
 
 def load_weights(model: nn.Module, weights: dict, path: str | Path, arch: str) -> None:

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
+from fmnist_alexnet.argtypes import INT_MAX
 from fmnist_alexnet.data import MEAN, STD
+from fmnist_alexnet.data.batches import RESIZE_MODES
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import ARCHS, INITS, check_image_size
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
@@ -154,7 +157,7 @@ CHOICES = {
     "schedule": ("constant", "cosine", "onecycle"),
     "precision": PRECISIONS,
     "device": DEVICES,
-    "resize_mode": ("bilinear", "bicubic", "nearest"),
+    "resize_mode": RESIZE_MODES,
 }
 _POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "log_every")
 _NON_NEGATIVE = (
@@ -177,6 +180,7 @@ _FLAG = {name: "--" + name.replace("_", "-") for name in TrainConfig.__dataclass
 
 
 def validate(config: TrainConfig) -> None:
+    check_numbers(config)
     for name, choices in CHOICES.items():
         value = getattr(config, name)
         if value not in choices:
@@ -215,3 +219,16 @@ def validate(config: TrainConfig) -> None:
         if not config.start_size:
             raise FmnistError("--start-epochs needs --start-size (the early resolution)")
         check_image_size(config.arch, config.start_size, flag="--start-size")
+
+
+def check_numbers(config: TrainConfig) -> None:
+    """Every float finite and every count below 2**31, wherever the value came from (a flag,
+    a recipe file, a checkpoint's config)."""
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise FmnistError(f"{_FLAG[field.name]} must be a finite number, got {value}")
+        if isinstance(value, int) and abs(value) > INT_MAX:
+            raise FmnistError(f"{_FLAG[field.name]} must be at most {INT_MAX}, got {value}")

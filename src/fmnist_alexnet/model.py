@@ -121,12 +121,20 @@ def initialize(model: nn.Module, scheme: str) -> nn.Module:
     return model
 
 
+MAX_IMAGE_SIZE = 512
+
+
 def check_image_size(arch: str, image_size: int, flag: str = "--image-size") -> None:
     minimum = MIN_IMAGE_SIZE[arch]
     if image_size < minimum:
         raise FmnistError(
             f"{flag} {image_size} is too small for {arch}: the minimum is {minimum} px "
             "(smaller inputs collapse to an empty feature map)"
+        )
+    if image_size > MAX_IMAGE_SIZE:
+        raise FmnistError(
+            f"{flag} {image_size} is larger than {MAX_IMAGE_SIZE} px, far past anything a "
+            "28x28 image can fill"
         )
 
 

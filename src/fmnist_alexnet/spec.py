@@ -6,17 +6,20 @@ export, so a model never meets inputs prepared differently from how it was train
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 
 from torch import nn
 
 from fmnist_alexnet.data import CLASS_NAMES
-from fmnist_alexnet.data.batches import Preprocess
+from fmnist_alexnet.data.batches import RESIZE_MODES, Preprocess
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.model import build_model
+from fmnist_alexnet.model import ARCHS, build_model, check_image_size
+from fmnist_alexnet.runtime import PRECISIONS
 
 # What an export's metadata carries; a run's precision is a training setting, not an input.
 EXPORT_FIELDS = ("arch", "num_classes", "image_size", "mean", "std", "resize_mode")
+MAX_CLASSES = 1000
 
 
 @dataclass(frozen=True)
@@ -51,20 +54,35 @@ class ModelSpec:
         missing = [key for key in EXPORT_FIELDS if key not in values]
         if missing:
             raise FmnistError(f"{where}: its model contract lacks {', '.join(missing)}")
-        names = tuple(values.get("class_names") or CLASS_NAMES[: values["num_classes"]])
-        if len(names) != values["num_classes"]:
-            raise FmnistError(
-                f"{where}: {values['num_classes']} classes but {len(names)} class names"
+        try:
+            spec = cls(
+                arch=values["arch"],
+                image_size=_whole(values["image_size"]),
+                mean=float(values["mean"]),
+                std=float(values["std"]),
+                resize_mode=values["resize_mode"],
+                class_names=_class_names(values),
+                precision=values.get("precision", "auto"),
             )
-        return cls(
-            arch=values["arch"],
-            image_size=int(values["image_size"]),
-            mean=float(values["mean"]),
-            std=float(values["std"]),
-            resize_mode=values["resize_mode"],
-            class_names=names,
-            precision=values.get("precision", "auto"),
-        )
+            spec.check()
+        except (FmnistError, TypeError, ValueError, OverflowError) as exc:
+            raise FmnistError(f"{where}: its model contract is not valid ({exc})") from None
+        return spec
+
+    def check(self) -> None:
+        """Every field within what a model of this package can be (a damaged or hostile
+        file could otherwise ask for a 2**40-class layer or a 10^6 px input)."""
+        if self.arch not in ARCHS:
+            raise FmnistError(f"unknown architecture {self.arch!r}")
+        check_image_size(self.arch, self.image_size)
+        if not (math.isfinite(self.mean) and math.isfinite(self.std) and self.std > 0):
+            raise FmnistError(f"mean {self.mean} and std {self.std} must be finite, std > 0")
+        if self.resize_mode not in RESIZE_MODES:
+            raise FmnistError(f"unknown resize mode {self.resize_mode!r}")
+        if self.precision not in PRECISIONS:
+            raise FmnistError(f"unknown precision {self.precision!r}")
+        if not 1 <= self.num_classes <= MAX_CLASSES:
+            raise FmnistError(f"{self.num_classes} classes (1..{MAX_CLASSES})")
 
     def to_dict(self) -> dict:
         return {
@@ -82,3 +100,22 @@ class ModelSpec:
 
     def build_model(self, dropout: float = 0.5) -> nn.Module:
         return build_model(self.arch, self.num_classes, dropout)
+
+
+def _whole(value) -> int:
+    if isinstance(value, bool) or int(value) != value:
+        raise ValueError(f"not a whole number: {value!r}")
+    return int(value)
+
+
+def _class_names(values: dict) -> tuple[str, ...]:
+    count = _whole(values["num_classes"])
+    if not 1 <= count <= MAX_CLASSES:
+        raise ValueError(f"{count} classes (1..{MAX_CLASSES})")
+    names = values.get("class_names")
+    names = CLASS_NAMES[:count] if names is None else names
+    if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+        raise ValueError("class names are not a list of strings")
+    if len(names) != count:
+        raise ValueError(f"{count} classes but {len(names)} class names")
+    return tuple(names)

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+RESIZE_MODES = ("bilinear", "bicubic", "nearest")  # torch interpolate modes offered
 IMAGE_SIDE = 28
 
 
