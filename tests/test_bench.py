@@ -70,6 +70,8 @@ def test_bench_json_has_every_figure(capsys):
 
 
 def test_bench_rejects_bad_values(capsys):
-    assert main(["bench", "--steps", "0"]) == 2
-    assert "--steps must be > 0" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as refused:  # refused while parsing
+        main(["bench", "--steps", "0"])
+    assert refused.value.code == 2
+    assert "argument --steps: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["bench", "--image-size", "40"]) == 2

@@ -65,7 +65,7 @@ def broken_data(tmp_path):
         (["train", "--translate", "20"], "--translate must be at most 14"),
         (["train", "--val-size", "60000"], "--val-size must be below 60000"),
         (["train", "--preset", "fastest"], "invalid choice: 'fastest'"),
-        (["train", "--batch-size", "many"], "invalid int value: 'many'"),
+        (["train", "--batch-size", "many"], "expected a whole number, got 'many'"),
         (["train", "--resume", "auto"], "--resume auto needs --out DIR"),
         (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found"),
         (["evaluate", "/nonexistent/best.pt"], "checkpoint not found"),
@@ -253,3 +253,17 @@ def test_normalisation_flags_reach_the_config(capsys):
     config, _ = plan_run(None, {"mean": args.mean, "std": args.std, "out": args.out}, None)
     assert (config.mean, config.std) == (0.0, 1.0)
     assert_user_error(capsys, ["train", "--std", "0"], "--std must be > 0")
+
+
+def test_a_closed_pipe_ends_quietly(real_data):
+    """`fmnist-alexnet data info | head -1`: no BrokenPipeError traceback, status 141."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fmnist_alexnet", "data", "info"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    process.stdout.readline()
+    process.stdout.close()  # as `head -1` does once it has its line
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=60) == 141 and err == "", err

@@ -6,8 +6,10 @@ import argparse
 import csv
 import dataclasses
 import json
+import os
 import sys
 
+from fmnist_alexnet.argtypes import integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import TTA_CHOICES
@@ -88,7 +90,7 @@ BENCH_FLAGS = (
     "device",
     "data_dir",
 )
-_TYPES = {"int": int, "float": float, "str": str, "str | None": str}
+_TYPES = {"int": integer(), "float": number(), "str": str, "str | None": str}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -201,7 +203,7 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--split", choices=["test", "val"], default="test")
     evaluate.add_argument("--data-dir")
     _device_flag(evaluate)
-    evaluate.add_argument("--batch-size", type=int, default=500, help="default 500")
+    evaluate.add_argument("--batch-size", type=integer(1), default=500, help="default 500")
     _precision_flag(evaluate)
     evaluate.add_argument(
         "--tta",
@@ -211,7 +213,11 @@ def _add_evaluate(commands) -> None:
         "(reported apart from the plain accuracy)",
     )
     evaluate.add_argument(
-        "--limit-eval", type=int, default=0, metavar="N", help="the first N images only (0: all)"
+        "--limit-eval",
+        type=integer(0),
+        default=0,
+        metavar="N",
+        help="the first N images only (0: all)",
     )
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -237,7 +243,7 @@ def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="classify your own image files")
     predict.add_argument("model", help="a checkpoint (.pt), or an .onnx file with --engine onnx")
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
-    predict.add_argument("--top-k", type=int, default=3, help="default 3")
+    predict.add_argument("--top-k", type=integer(1), default=3, help="default 3")
     predict.add_argument(
         "--invert",
         choices=["auto", "yes", "no"],
@@ -246,7 +252,7 @@ def _add_predict(commands) -> None:
     )
     predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     _device_flag(predict)
-    predict.add_argument("--batch-size", type=int, default=64, help="default 64")
+    predict.add_argument("--batch-size", type=integer(1), default=64, help="default 64")
     _precision_flag(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON array")
@@ -272,9 +278,11 @@ def _add_bench(commands) -> None:
     )
     bench.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
     add_train_flags(bench, BENCH_FLAGS)
-    bench.add_argument("--steps", type=int, default=5, help="steps per timing window (5)")
-    bench.add_argument("--windows", type=int, default=3, help="timing windows, median taken (3)")
-    bench.add_argument("--warmup", type=int, default=2, help="untimed steps first (2)")
+    bench.add_argument("--steps", type=integer(1), default=5, help="steps per timing window (5)")
+    bench.add_argument(
+        "--windows", type=integer(1), default=3, help="timing windows, median taken (3)"
+    )
+    bench.add_argument("--warmup", type=integer(0), default=2, help="untimed steps first (2)")
     bench.add_argument(
         "--baseline",
         action=argparse.BooleanOptionalAction,
@@ -283,7 +291,7 @@ def _add_bench(commands) -> None:
     )
     bench.add_argument(
         "--baseline-workers",
-        type=int,
+        type=integer(0, 64),
         default=4,
         help="DataLoader workers of the baseline (4, as the seed used)",
     )
@@ -310,18 +318,23 @@ def _add_serve(commands) -> None:
     )
     serve.add_argument("model", help="best.pt, a run folder (its best.pt) or an .onnx export")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
-    serve.add_argument("--port", type=int, default=8000, help="default 8000")
+    serve.add_argument("--port", type=integer(0, 65535), default=8000, help="default 8000")
     serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
     _device_flag(serve)
     _precision_flag(serve)
-    serve.add_argument("--max-batch", type=int, default=64, help="images per forward pass (64)")
     serve.add_argument(
-        "--max-wait-ms", type=float, default=5.0, help="wait for more requests to batch (5)"
+        "--max-batch", type=integer(1), default=64, help="images per forward pass (64)"
     )
     serve.add_argument(
-        "--max-upload-mb", type=float, default=10.0, help="largest request body (10)"
+        "--max-wait-ms",
+        type=number(least=0),
+        default=5.0,
+        help="wait for more requests to batch (5)",
     )
-    serve.add_argument("--max-files", type=int, default=64, help="files per request (64)")
+    serve.add_argument(
+        "--max-upload-mb", type=number(above=0), default=10.0, help="largest request body (10)"
+    )
+    serve.add_argument("--max-files", type=integer(1), default=64, help="files per request (64)")
     serve.add_argument("--data-dir", help="the dataset, for the page's test images")
 
 
@@ -337,8 +350,10 @@ def _add_tune(commands) -> None:
     )
     tune.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
     tune.add_argument("--out", metavar="DIR", help="tune folder (default: tunes/STUDY)")
-    tune.add_argument("--trials", type=int, default=20, help="trials to add (20)")
-    tune.add_argument("--timeout", type=float, metavar="S", help="start no trial after S s")
+    tune.add_argument("--trials", type=integer(1), default=20, help="trials to add (20)")
+    tune.add_argument(
+        "--timeout", type=number(above=0), metavar="S", help="start no trial after S s"
+    )
     tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (OUT/study.db)")
     tune.add_argument("--study", default="fmnist-alexnet", help="study name (fmnist-alexnet)")
     tune.add_argument(
@@ -347,14 +362,18 @@ def _add_tune(commands) -> None:
         help="TOML search space replacing the default one (lr, weight_decay, label_smoothing, "
         "dropout, image_size 64/96/128, batch_size 64/128/256)",
     )
-    tune.add_argument("--startup-trials", type=int, default=5, help="random trials first (5)")
     tune.add_argument(
-        "--prune-startup", type=int, default=3, help="completed trials before pruning (3)"
+        "--startup-trials", type=integer(0), default=5, help="random trials first (5)"
     )
     tune.add_argument(
-        "--prune-warmup", type=int, default=1, help="epochs before a trial can be pruned (1)"
+        "--prune-startup", type=integer(0), default=3, help="completed trials before pruning (3)"
     )
-    tune.add_argument("--sampler-seed", type=int, help="seed of the sampler (reproducible)")
+    tune.add_argument(
+        "--prune-warmup", type=integer(0), default=1, help="epochs before a trial can be pruned (1)"
+    )
+    tune.add_argument(
+        "--sampler-seed", type=integer(0, 2**32 - 1), help="seed of the sampler (reproducible)"
+    )
     add_train_flags(tune, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"])
 
 
@@ -368,6 +387,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fmnist-alexnet ... | head` closed our stdout: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what the shell reports for a tool ended by SIGPIPE
 
 
 def _given(args, names) -> dict:
@@ -377,14 +399,18 @@ def _given(args, names) -> dict:
 
 def _train(args) -> int:
     from fmnist_alexnet.messages import summary_line
-    from fmnist_alexnet.plan import plan_run
+    from fmnist_alexnet.plan import RunComplete, plan_run
     from fmnist_alexnet.recipe import read_recipe
     from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
     from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, train
 
     overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
     recipe = read_recipe(args.config) if args.config else None
-    config, resume = plan_run(args.preset, overrides, args.resume, recipe)
+    try:
+        config, resume = plan_run(args.preset, overrides, args.resume, recipe)
+    except RunComplete as done:
+        print(done, flush=True)
+        return 0
     if args.resume == "auto" and resume is None:
         print(f"no checkpoint in {config.out} yet: starting a new run there", flush=True)
     dist = init_distributed(config.device)

@@ -1,0 +1,48 @@
+"""Numeric flag types for argparse: a value out of range is refused while parsing, in one
+line naming the flag, before a checkpoint, the dataset or torch's kernels are touched."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+INT_MAX = 2**31 - 1  # counts, sizes and seeds: anything larger is a typo, not a setting
+
+
+def integer(least: int = -INT_MAX - 1, most: int = INT_MAX):
+    """A whole number in ``least..most`` (a 32-bit int unless narrowed)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < least:
+            bound = f">= {least}" if most == INT_MAX else f"in {least}..{most}"
+            raise argparse.ArgumentTypeError(f"must be {bound}, got {value}")
+        if value > most:
+            raise argparse.ArgumentTypeError(f"must be at most {most}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def number(least: float | None = None, above: float | None = None):
+    """A finite float, ``>= least`` or ``> above`` when given."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if least is not None and value < least:
+            raise argparse.ArgumentTypeError(f"must be >= {least:g}, got {value:g}")
+        if above is not None and value <= above:
+            raise argparse.ArgumentTypeError(f"must be > {above:g}, got {value:g}")
+        return value
+
+    parse.__name__ = "number"
+    return parse
