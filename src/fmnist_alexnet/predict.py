@@ -23,6 +23,7 @@ from fmnist_alexnet.spec import ModelSpec
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 40_000_000  # larger images are refused before they are decoded
 MAX_SIDE = 20_000
+WORK_SIDE = 2048  # larger images are box-averaged to this before any float copy
 
 
 class ImageError(FmnistError):
@@ -123,7 +124,7 @@ def _read_grayscale(source, name: str | None = None) -> np.ndarray:
                 image.seek(0)  # first frame of a GIF or multi-page TIFF
                 image.load()
                 image = ImageOps.exif_transpose(image) or image
-                return _to_gray_array(image)
+                return _to_gray_array(_shrink(image))
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
@@ -135,6 +136,21 @@ def _read_grayscale(source, name: str | None = None) -> np.ndarray:
         raise ImageError(f"{path}: not an image file this tool can read") from None
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
+
+
+def _shrink(image):
+    """Box-average an image whose longest side is over :data:`WORK_SIDE` down to at most
+    that, before any float copy is made: the result is 28x28 anyway, and a 36 Mpx photo
+    then costs tens of MB instead of most of a GB."""
+    factor = -(-max(image.size) // WORK_SIDE)
+    if factor <= 1:
+        return image
+    if image.mode in ("P", "PA", "1"):
+        image = image.convert("RGBA" if image.mode != "1" else "L")
+    try:
+        return image.reduce(factor)
+    except ValueError:  # a mode reduce() does not take (e.g. I;16): float first
+        return image.convert("F").reduce(factor)
 
 
 def _to_gray_array(image) -> np.ndarray:
