@@ -12,10 +12,13 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
 from conftest import train_quietly
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 pytest.importorskip("fastapi")
@@ -154,6 +157,40 @@ def test_random_bodies_never_get_a_500(client, test_set):
         assert response.headers["content-type"] == "application/json"
         if response.status_code == 200:
             assert all("top" in r or "error" in r for r in response.json()["results"])
+
+
+_CONTENT_TYPES = st.sampled_from(
+    ["multipart/form-data", "multipart/form-data; boundary=zz", "application/json",
+     "text/plain", "image/png", "", "multipart/form-data; boundary=" + "b" * 80]
+)  # fmt: skip
+
+
+@settings(max_examples=60)
+@given(
+    kind=st.sampled_from(["raw", "files"]),
+    content_type=_CONTENT_TYPES | st.text(max_size=40),
+    body=st.binary(max_size=3000),
+    names=st.lists(st.text(max_size=30), min_size=0, max_size=12),
+    top_k=st.none() | st.text(max_size=4),
+)
+def test_hypothesis_bodies_get_json_answers_never_a_500(client, kind, content_type, body, names,
+                                                         top_k):  # fmt: skip
+    url, params = "/v1/predict", {} if top_k is None else {"top_k": top_k}
+    if kind == "raw":
+        try:
+            headers = {"content-type": content_type}
+            response = client.post(url, content=body, headers=headers, params=params)
+        except (UnicodeEncodeError, httpx.LocalProtocolError):
+            return  # a header the client library itself will not send
+    else:
+        files = [
+            ("files", (name, body[: 50 * (i + 1)], "image/png")) for i, name in enumerate(names)
+        ]
+        response = client.post(url, files=files or None, data={"x": "1"}, params=params)
+    assert response.status_code in (200, 413, 415, 422), response.text
+    assert response.headers["content-type"] == "application/json"
+    assert "Traceback" not in response.text
+    assert client.get("/ready").status_code == 200
 
 
 def test_pixel_cap_refuses_an_image_before_decoding(client):
@@ -317,3 +354,17 @@ def test_a_port_in_use_is_one_line_and_exit_2(best, capsys):
         assert main(["serve", str(best), "--port", str(port)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and f"cannot listen on 127.0.0.1:{port}" in err
+
+
+def test_garbage_hostile_uploads_and_slow_clients_on_loopback(best):
+    """A bounded run of benchmarks/serve_faults.py against a real server process: no 500,
+    no traceback in an answer or in the server's log, /ready answers during and after."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import serve_faults
+    finally:
+        sys.path.pop(0)
+    report = serve_faults.run_trial(best, garbage=200, hostile=40, slow=4, slow_seconds=2)
+    assert report["held"], report
+    assert report["ready_after"] == 200 and report["server_stderr_tracebacks"] == 0
+    assert sum(report["garbage_answers"].values()) == 200

@@ -22,6 +22,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from fmnist_alexnet.predict import Classifier, ImageError, prepare_image, top_classes
 from fmnist_alexnet.serve.batcher import MicroBatcher
@@ -236,6 +237,8 @@ async def _read_uploads(request: Request, max_files: int) -> list[tuple[str, byt
     parser = MultiPartParser(request.headers, request.stream(), max_files=max_files, max_fields=16)
     try:
         form = await parser.parse()
+    except ClientDisconnect:  # nobody to answer; without this, a traceback in the log
+        raise ApiError(400, "the client disconnected before its upload was complete") from None
     except MultiPartException as exc:
         if exc.message.startswith("Too many files"):
             raise ApiError(413, f"more than {max_files} files in one request") from None
