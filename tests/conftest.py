@@ -8,11 +8,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import find_data
 from fmnist_alexnet.train import train
+
+# The fuzz tests' examples are the same on every run (a red CI run can be rerun as it was);
+# `pytest --hypothesis-profile explore` draws new ones.
+settings.register_profile(
+    "suite",
+    derandomize=True,
+    database=None,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("explore", deadline=None, database=None)
+settings.load_profile("suite")
 
 
 def pytest_configure(config):
