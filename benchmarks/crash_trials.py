@@ -199,8 +199,7 @@ def _rows(folder) -> list[dict]:
 def _summary(kills, trials, run_s, wall_s) -> dict:
     loads = [k["last_loads"] for k in kills if k["last_loads"] is not None]
     return {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}",
+        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "config": " ".join(RUN_ARGS),
         "reference_run_s": round(run_s, 1),
         "kills": kills,
@@ -216,6 +215,17 @@ def _summary(kills, trials, run_s, wall_s) -> dict:
         "n_trials": len(trials),
         "wall_s": round(wall_s, 1),
     }
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            pairs = (line.split(":", 1) for line in info if ":" in line)
+            fields = {key.strip(): value.strip() for key, value in pairs}
+        family, model = fields.get("cpu family", "?"), fields.get("model", "?")
+        return f"{fields['model name']} (family {family} model {model})"
+    except (OSError, KeyError):
+        return platform.machine()
 
 
 def _run_to_end(folder) -> None:
