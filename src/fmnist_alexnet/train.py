@@ -129,8 +129,8 @@ def train(
         data = load_data(config, device, dist)
         step = build_train_step(config, device, precision, data.steps_per_epoch, dist, resume)
         progress = Progress(resume, started)
-        if resume is not None:
-            run.truncate_metrics(after_epoch=progress.epoch)
+        # Rows past the checkpoint (all of them for a new run) belong to a killed process.
+        run.truncate_metrics(after_epoch=progress.epoch)
         runtime = _runtime(config, device, precision, dist, data)
         if resume is not None:
             changed = {k: list(v) for k, v in resume_changes(resume.config, config).items()}
