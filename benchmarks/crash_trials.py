@@ -121,7 +121,7 @@ def _run_and_kill(folder, aim, run_s, rng) -> dict | None:
     )
     t0 = time.perf_counter()
     if aim == "write":
-        landed = _wait_for_temp(folder, process, timeout=run_s * 2)
+        landed = _wait_for_temp(folder, process, set(had_temp), timeout=run_s * 2)
         if landed:
             time.sleep(rng.uniform(0, 0.4))
     else:
@@ -139,7 +139,7 @@ def _run_and_kill(folder, aim, run_s, rng) -> dict | None:
     after = {
         "aim": aim,
         "at_s": round(time.perf_counter() - t0, 3),
-        "inside_write": bool(temps),
+        "inside_write": bool(set(temps) - set(had_temp)),  # a temp file this process made
         "temp_files": temps,
         "temp_found_at_start": had_temp,
         "removed_them": bool(had_temp) and "temp file(s) a killed write left" in out,
@@ -206,6 +206,7 @@ def _summary(kills, trials, run_s, wall_s) -> dict:
         "n_kills": len(kills),
         "aimed_at_a_write": sum(k["aim"] == "write" for k in kills),
         "inside_a_write": sum(k["inside_write"] for k in kills),
+        "killed_in_startup": sum(k["at_s"] < 1.0 for k in kills),
         "before_any_checkpoint": sum(k["epochs_in_last"] is None for k in kills),
         "last_pt_loaded_after_kill": f"{sum(loads)}/{len(loads)}",
         "restarts_that_found_temp_files": sum(t["restarts_that_found_temp_files"] for t in trials),
@@ -247,12 +248,14 @@ def _temp_files(folder) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in Path(folder).rglob(".*.tmp"))
 
 
-def _wait_for_temp(folder, process, timeout) -> bool:
+def _wait_for_temp(folder, process, old: set, timeout) -> bool:
+    """Until this process starts a checkpoint write (a temp file not there before)."""
     deadline = time.perf_counter() + timeout
     checkpoints = Path(folder) / "checkpoints"
     while time.perf_counter() < deadline and process.poll() is None:
         try:
-            if any(name.endswith(".tmp") for name in os.listdir(checkpoints)):
+            names = {f"checkpoints/{n}" for n in os.listdir(checkpoints) if n.endswith(".tmp")}
+            if names - old:
                 return True
         except FileNotFoundError:
             pass
