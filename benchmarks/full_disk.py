@@ -144,22 +144,18 @@ def _digest(run: Path) -> str:
 
 
 def _fill(path: Path) -> None:
-    """Write zeros until the filesystem refuses."""
-    block = bytes(1 << 20)
-    with open(path, "wb") as handle:
-        try:
-            while True:
-                handle.write(block)
-                handle.flush()
-        except OSError:
-            pass
-    with open(path, "ab") as handle:  # the last bytes, one at a time
-        try:
-            while True:
-                handle.write(b"\0")
-                handle.flush()
-        except OSError:
-            pass
+    """Write zeros until the filesystem refuses, then single bytes until it refuses those."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+    try:
+        for size in (1 << 20, 4096, 1):
+            block = bytes(size)
+            try:
+                while True:
+                    os.write(fd, block)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
 
 
 @contextmanager

@@ -73,7 +73,7 @@ def os_error_in(exc: BaseException) -> OSError | None:
     return None
 
 
-def write_error(path: str | Path, exc: OSError) -> FmnistError:
+def write_error(path: str | Path, exc: OSError, kept: str = "nothing was replaced") -> FmnistError:
     """One line naming the file and the cause (a full disk, a quota, a file-size limit, EIO)."""
     cause = exc.strerror or str(exc) or type(exc).__name__
     hint = {
@@ -81,7 +81,7 @@ def write_error(path: str | Path, exc: OSError) -> FmnistError:
         errno.EDQUOT: ": the disk quota is used up",
         errno.EFBIG: ": a file-size limit (ulimit -f) was reached",
     }.get(exc.errno, "")
-    return FmnistError(f"{path}: cannot write ({cause}{hint}); nothing was replaced")
+    return FmnistError(f"{path}: cannot write ({cause}{hint}); {kept}")
 
 
 def remove_temp_files(folder: str | Path) -> list[Path]:

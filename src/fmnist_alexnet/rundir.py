@@ -118,7 +118,7 @@ class RunDir:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.ftruncate(fd, size)  # no torn line left behind, where the disk lets us
-            raise write_error(self.metrics, exc) from None
+            raise write_error(self.metrics, exc, "the file is as it was") from None
         finally:
             os.close(fd)
 
