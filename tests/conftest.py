@@ -138,6 +138,23 @@ def real_data():
     return find_data()
 
 
+@pytest.fixture(scope="session")
+def small_run(tmp_path_factory):
+    """One small real run (63 px, 512 images, 2 epochs) that the report, export and serving
+    tests all read and never change; trained once per session, deleted at its end."""
+    folder = tmp_path_factory.mktemp("small-run")
+    yield train_quietly(
+        folder / "run",
+        image_size=63,
+        limit_train=512,
+        limit_eval=256,
+        epochs=2,
+        batch_size=64,
+        lr=5e-4,
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def module_tmp(tmp_path_factory, request):
     """A folder for the runs a module's tests share, deleted once the module is done.

@@ -21,16 +21,8 @@ from fmnist_alexnet.report import model_card
 
 
 @pytest.fixture(scope="module")
-def run_dir(module_tmp):
-    return train_quietly(
-        module_tmp / "run",
-        image_size=63,
-        limit_train=512,
-        limit_eval=256,
-        epochs=2,
-        batch_size=64,
-        lr=5e-4,
-    )
+def run_dir(small_run):
+    return small_run
 
 
 def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import train_quietly
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -36,11 +35,8 @@ SETTINGS = ServeSettings(max_batch=16, max_wait_ms=20, max_upload_mb=1, max_file
 
 
 @pytest.fixture(scope="module")
-def best(module_tmp):
-    out = train_quietly(
-        module_tmp / "run", image_size=63, limit_train=512, limit_eval=64, epochs=1, batch_size=64
-    )
-    return out / "checkpoints" / "best.pt"
+def best(small_run):
+    return small_run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
