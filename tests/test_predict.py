@@ -6,7 +6,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import train_quietly
 from PIL import Image
 
 from fmnist_alexnet.checkpoint import load_model
@@ -18,16 +17,8 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def trained(module_tmp):
-    out = train_quietly(
-        module_tmp / "run",
-        image_size=64,
-        limit_train=1024,
-        limit_eval=256,
-        epochs=1,
-        batch_size=64,
-    )
-    return out / "checkpoints" / "best.pt"
+def trained(small_run):
+    return small_run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")

@@ -107,7 +107,8 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(straight_run, t
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    argv = ["train", "--resume", "auto", "--out", str(run), "--epochs", "3", "--no-report"]
+    argv = ["train", "--resume", "auto", "--out", str(run), "--epochs", "3", "--no-report",
+            "--no-tensorboard"]  # fmt: skip
     done = subprocess.run(
         [sys.executable, "-m", "fmnist_alexnet", *argv],
         preexec_fn=small_files,
