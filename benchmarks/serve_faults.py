@@ -34,6 +34,7 @@ from contextlib import contextmanager
 
 import httpx
 from PIL import Image
+from serve_load import rss_mb  # this folder: the load test's reading of VmRSS
 
 HOST = "127.0.0.1"
 
@@ -61,7 +62,7 @@ def run_trial(checkpoint, garbage=2000, hostile=500, slow=20, slow_seconds=10.0,
     rng = random.Random(seed)
     with running_server(checkpoint) as server:
         port, pid = server["port"], server["process"].pid
-        rss_before = rss_mb(pid)
+        rss_before = round(rss_mb(pid), 1)
         t0 = time.perf_counter()
         raw = collections.Counter(send_garbage(port, rng) for _ in range(garbage))
         garbage_s = time.perf_counter() - t0
@@ -71,7 +72,7 @@ def run_trial(checkpoint, garbage=2000, hostile=500, slow=20, slow_seconds=10.0,
         hostile_s = time.perf_counter() - t0
         ready_ms = slow_clients(port, slow, slow_seconds, rng) if slow else []
         ready = httpx.get(f"http://{HOST}:{port}/ready", timeout=10).status_code
-        rss_after = rss_mb(pid)
+        rss_after = round(rss_mb(pid), 1)
     stderr = server["stderr"]()
     raw_500 = sum(n for status, n in raw.items() if status.startswith("5"))
     hostile_500 = sum(n for status, n in statuses.items() if status.startswith("5"))
@@ -298,14 +299,6 @@ def _wait_ready(port: int, process, timeout: float = 120.0) -> None:
 def _first_traceback(stderr: str) -> str | None:
     at = stderr.find("Traceback")
     return None if at < 0 else stderr[at:].split("\n\n")[0][-1500:]
-
-
-def rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return round(int(line.split()[1]) / 1024, 1)
-    return 0.0
 
 
 def _spread(values: list[float]) -> dict:

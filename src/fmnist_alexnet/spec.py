@@ -109,9 +109,7 @@ def _whole(value) -> int:
 
 
 def _class_names(values: dict) -> tuple[str, ...]:
-    count = _whole(values["num_classes"])
-    if not 1 <= count <= MAX_CLASSES:
-        raise ValueError(f"{count} classes (1..{MAX_CLASSES})")
+    count = _whole(values["num_classes"])  # its range: ModelSpec.check
     names = values.get("class_names")
     names = CLASS_NAMES[:count] if names is None else names
     if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):

@@ -200,7 +200,7 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             # The row first, then the checkpoint: a crash between them leaves a row that the
             # resumed run drops and writes again, never an epoch with no row.
             s.run.append_metrics(row)
-            save_last(s)
+            _write_last(s)
             if is_best:
                 s.run.copy_checkpoint("last.pt", "best.pt")
             s.monitor.tracker.log_scalars(progress.step, _epoch_scalars(row))
@@ -222,6 +222,11 @@ def save_last(s: Session) -> Path:
     """``last.pt``, only ever with finite weights: the pending losses and every weight are
     checked first (:class:`NonFinite` otherwise, and the previous file stays)."""
     check_finite(s)
+    return _write_last(s)
+
+
+def _write_last(s: Session) -> Path:
+    """``last.pt`` of the state :func:`check_finite` has just passed."""
     s.run.save_checkpoint("last.pt", s.step.checkpoint(s.config, s.progress))
     s.saved_epoch = s.progress.epoch
     return s.run.checkpoints / "last.pt"
