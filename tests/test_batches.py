@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.data.batches import (
     Augment,
@@ -12,7 +14,9 @@ from fmnist_alexnet.data.batches import (
     split_train_val,
     train_batches,
 )
+from fmnist_alexnet.data.pil_resize import pil_bilinear
 from fmnist_alexnet.data.sources import load_splits
+from fmnist_alexnet.spec import ModelSpec
 
 
 @pytest.fixture(scope="module")
@@ -144,3 +148,37 @@ def test_device_data_from_numpy_shapes():
     images = np.zeros((5, 28, 28), np.uint8)
     data = DeviceData.from_numpy(images, np.arange(5, dtype=np.uint8), "cpu")
     assert data.images.shape == (5, 1, 28, 28) and data.labels.dtype == torch.int64
+
+
+@pytest.mark.parametrize("size", [224, 96, 65, 227, 20])
+def test_pil_bilinear_equals_pillow_on_real_images(data, size):
+    """Up, down and by a non-integer factor: every pixel as Pillow's Image.resize computes it."""
+    images = data.images[:64]
+    ours = pil_bilinear(images, size)
+    pillow = [Image.fromarray(a.numpy()).resize((size, size), Image.BILINEAR) for a in images[:, 0]]
+    pillow = np.stack([np.asarray(image) for image in pillow])
+    assert ours.dtype == torch.uint8 and ours.shape == (64, 1, size, size)
+    assert np.array_equal(ours[:, 0].numpy(), pillow)
+
+
+def test_the_d2l_preset_feeds_exactly_what_torchvisions_resize_and_to_tensor_give(data):
+    """d2l's pipeline is Resize(224) on the PIL image, then ToTensor (uint8 / 255, float32)."""
+    config = resolve("d2l", {})
+    assert (config.arch, config.init, config.val_size, config.precision) == (
+        "alexnet-d2l",
+        "xavier",
+        0,  # all 60,000 training images; the last epoch is tested
+        "fp32",
+    )
+    spec = ModelSpec.from_config(config)
+    images = data.images[:16]
+    ours = spec.preprocess()(images)
+    expected = [
+        np.asarray(Image.fromarray(a.numpy()).resize((224, 224), Image.BILINEAR), np.float32) / 255
+        for a in images[:, 0]
+    ]
+    assert ours.dtype == torch.float32
+    assert torch.equal(ours[:, 0], torch.from_numpy(np.stack(expected)))
+    # the torch resize of normalised floats differs from it, by Pillow's 8-bit rounding only
+    floats = Preprocess(224, 0.0, 1.0, "bilinear")(images)
+    assert 0 < (floats - ours).abs().max() <= 1 / 255 + 1e-6

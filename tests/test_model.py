@@ -64,7 +64,7 @@ def test_unknown_arch():
         build_model("vgg")
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "alexnet-paper"])
+@pytest.mark.parametrize("arch", ["alexnet", "alexnet-paper", "alexnet-d2l"])
 def test_xavier_redraws_every_weight_from_glorot_uniform_and_keeps_biases(arch):
     torch.manual_seed(0)
     default = build_model(arch)
@@ -92,3 +92,22 @@ def test_xavier_redraws_every_weight_from_glorot_uniform_and_keeps_biases(arch):
 def test_unknown_init():
     with pytest.raises(FmnistError, match="unknown initialisation 'he'"):
         initialize(build_model("alexnet"), "he")
+
+
+def test_d2l_variant_is_the_paper_widths_with_dropout_after_each_hidden_relu():
+    """d2l's classifier: Linear-ReLU-Dropout-Linear-ReLU-Dropout-Linear (torchvision's, and
+    alexnet-paper's, drops the inputs of the two hidden layers instead)."""
+    d2l, paper = build_model("alexnet-d2l"), build_model("alexnet-paper")
+    kinds = [type(layer).__name__ for layer in d2l.classifier]
+    assert kinds == ["Linear", "ReLU", "Dropout", "Linear", "ReLU", "Dropout", "Linear"]
+    assert [type(layer).__name__ for layer in paper.classifier][:2] == ["Dropout", "Linear"]
+    assert str(d2l.features) == str(paper.features)
+    assert count_parameters(d2l) == count_parameters(paper) == 46_764_746
+    assert {k for k in d2l.state_dict() if k.startswith("classifier")} == {
+        f"classifier.{i}.{p}" for i in (0, 3, 6) for p in ("weight", "bias")
+    }
+    x = torch.rand(2, 1, 224, 224)
+    assert d2l.eval()(x).shape == (2, 10)
+    torch.manual_seed(0)
+    d2l.train()
+    assert not torch.equal(d2l(x), d2l(x))  # dropout is live in training

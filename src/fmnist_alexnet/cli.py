@@ -22,7 +22,8 @@ PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: 
 # One help text per TrainConfig field; the flags, their types, choices and the defaults
 # quoted in the help are generated from the dataclass and the presets.
 TRAIN_HELP = {
-    "arch": "the seed network or the paper/d2l widths 96-256-384-384-256",
+    "arch": "the seed network, the paper/d2l widths 96-256-384-384-256, or those widths "
+    "with d2l's dropout placement (after each hidden ReLU)",
     "dropout": "dropout probability in the classifier",
     "init": "weight initialisation (xavier: Glorot uniform, as d2l trains)",
     "epochs": "epochs in all (with --resume: the total to reach)",
@@ -38,7 +39,7 @@ TRAIN_HELP = {
     "label_smoothing": "label smoothing of the cross-entropy",
     "grad_clip": "max gradient norm (0: off)",
     "ema": "evaluate and save a moving average of the weights with this decay (0: off)",
-    "image_size": "input resolution in px (>= 63; >= 65 for alexnet-paper)",
+    "image_size": "input resolution in px (>= 63; >= 65 for alexnet-paper and alexnet-d2l)",
     "start_size": "progressive resizing: the early resolution (0: off)",
     "start_epochs": "train the first N epochs at --start-size",
     "resize_mode": "how the 28x28 images are resized to --image-size",

@@ -85,9 +85,18 @@ PRESETS: dict[str, dict] = {
         label_smoothing=0.0,
         **_NO_AUGMENT,
     ),
-    # Dive into Deep Learning's AlexNet chapter (plain SGD; train_ch6's Xavier init).
+    # Dive into Deep Learning's AlexNet chapter as its train_ch6 runs it: its network (paper
+    # widths, dropout after each hidden ReLU), Xavier init, plain SGD, Pillow's bilinear
+    # resize of the uint8 image, unnormalised [0, 1] pixels (ToTensor only), all 60,000
+    # training images (no validation split, so the last epoch is tested), float32.
     "d2l": dict(
+        arch="alexnet-d2l",
         init="xavier",
+        resize_mode="pil-bilinear",
+        mean=0.0,
+        std=1.0,
+        val_size=0,
+        precision="fp32",
         epochs=10,
         optimizer="sgd",
         lr=0.01,

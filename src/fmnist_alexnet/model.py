@@ -7,11 +7,11 @@ from torch import nn
 
 from fmnist_alexnet.errors import FmnistError
 
-ARCHS = ("alexnet", "alexnet-paper")
+ARCHS = ("alexnet", "alexnet-paper", "alexnet-d2l")
 # default: PyTorch's layer defaults; xavier: what d2l's train_ch6 applies before training.
 INITS = ("default", "xavier")
 # Below these sizes the feature maps shrink to nothing before the last pool.
-MIN_IMAGE_SIZE = {"alexnet": 63, "alexnet-paper": 65}
+MIN_IMAGE_SIZE = {"alexnet": 63, "alexnet-paper": 65, "alexnet-d2l": 65}
 
 
 class AlexNet(nn.Module):
@@ -54,9 +54,13 @@ class AlexNetPaper(nn.Module):
 
     The notebook flattens the 5x5x256 map it gets at 224 px (6400 features); an
     ``AdaptiveAvgPool2d((5, 5))`` keeps exactly that at 224 px and lets other sizes work too.
+    Its classifier follows torchvision's order (dropout before each hidden linear layer);
+    ``d2l=True`` (arch ``alexnet-d2l``) uses Dive into Deep Learning's order instead, dropout
+    after each hidden layer's ReLU: the same weights (keys
+    ``classifier.{0,3,6}``), a different network in training.
     """
 
-    def __init__(self, num_classes: int = 10, dropout: float = 0.5) -> None:
+    def __init__(self, num_classes: int = 10, dropout: float = 0.5, d2l: bool = False) -> None:
         super().__init__()
         self.features = nn.Sequential(
             nn.Conv2d(1, 96, kernel_size=11, stride=4, padding=1),
@@ -74,7 +78,8 @@ class AlexNetPaper(nn.Module):
             nn.MaxPool2d(kernel_size=3, stride=2),
         )
         self.avgpool = nn.AdaptiveAvgPool2d((5, 5))
-        self.classifier = _classifier(256 * 5 * 5, num_classes, dropout)
+        make = _d2l_classifier if d2l else _classifier
+        self.classifier = make(256 * 5 * 5, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
@@ -95,13 +100,25 @@ def _classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequen
     )
 
 
+def _d2l_classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(in_features, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(4096, 4096),
+        nn.ReLU(inplace=True),
+        nn.Dropout(dropout),
+        nn.Linear(4096, num_classes),
+    )
+
+
 def build_model(arch: str, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """``dropout`` is the seed's 0.5 unless changed; it has no weights, so checkpoints load
     into a model of any dropout."""
     if arch == "alexnet":
         return AlexNet(num_classes, dropout)
-    if arch == "alexnet-paper":
-        return AlexNetPaper(num_classes, dropout)
+    if arch in ("alexnet-paper", "alexnet-d2l"):
+        return AlexNetPaper(num_classes, dropout, d2l=arch == "alexnet-d2l")
     raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
 
 

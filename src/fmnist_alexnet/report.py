@@ -82,9 +82,8 @@ def model_card(
         f"- Architecture `{spec.arch}`: {count_parameters(loaded.model):,} parameters, "
         f"{spec.num_classes} classes, dropout {loaded.config.dropout}.",
         f"- Input contract: one channel, {spec.image_size}x{spec.image_size} px, "
-        f"float32, made from a 28x28 uint8 image (light object on black) by x/255, "
-        f"(x - {spec.mean}) / {spec.std}, then {spec.resize_mode} resize "
-        "(align_corners=False). Output: logits for the classes below, in order.",
+        f"float32, made from a 28x28 uint8 image (light object on black) by "
+        f"{spec.preprocess().describe()}. Output: logits for the classes below, in order.",
         "",
         "## Data",
         f"- Source: {runtime.get('data_source', 'unknown')}.",

@@ -17,7 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-RESIZE_MODES = ("bilinear", "bicubic", "nearest")  # torch interpolate modes offered
+from fmnist_alexnet.data.pil_resize import pil_bilinear
+
+# torch interpolate modes on normalised floats, and Pillow's bilinear on the uint8 image
+# (what torchvision's Resize does to a PIL image, as d2l and the seed notebook feed it)
+RESIZE_MODES = ("bilinear", "bicubic", "nearest", "pil-bilinear")
 IMAGE_SIDE = 28
 
 
@@ -79,6 +83,8 @@ class Preprocess:
     resize_mode: str = "bilinear"
 
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        if self.resize_mode == "pil-bilinear" and self.image_size != images.shape[-1]:
+            images = pil_bilinear(images, self.image_size)  # rounds to uint8, as Pillow does
         # Normalising before resizing is exact for (bi)linear resizing and 64x cheaper at 224 px.
         x = images.float().div_(255.0).sub_(self.mean).div_(self.std)
         if self.image_size != x.shape[-1]:
@@ -91,6 +97,13 @@ class Preprocess:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def describe(self) -> str:
+        """The steps in words, for reports and model cards."""
+        scale = f"x/255, (x - {self.mean}) / {self.std}"
+        if self.resize_mode == "pil-bilinear":
+            return f"Pillow's bilinear resize of the uint8 image (8-bit rounding), then {scale}"
+        return f"{scale}, then {self.resize_mode} resize (align_corners=False)"
 
 
 ERASE_SCALE = (0.02, 0.33)  # area fraction of an erased box (torchvision's RandomErasing)
