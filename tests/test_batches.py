@@ -57,6 +57,18 @@ def test_each_epoch_is_a_permutation_dropping_the_last_partial_batch(data):
     assert torch.equal(seen.sort().values, data.labels.sort().values)
 
 
+def test_keeping_the_last_partial_batch_sees_every_image_and_changes_no_other_batch(data):
+    part = data.head(500)
+    augment = Augment(flip=True, translate=2, erase=0.5)
+    dropped = batches(part, 3, augment)
+    kept = batches(part, 3, augment, drop_last=False)
+    assert [len(b[1]) for b in dropped] == [64] * 7
+    assert [len(b[1]) for b in kept] == [64] * 7 + [500 - 7 * 64]
+    assert torch.equal(torch.cat([b[1] for b in kept]).sort().values, part.labels.sort().values)
+    for a, b in zip(dropped, kept, strict=False):
+        assert torch.equal(a[0], b[0])
+
+
 def test_start_step_replays_the_rest_of_the_epoch(data):
     augment = Augment(flip=True, translate=2)
     full = batches(data, 5, augment)

@@ -11,7 +11,11 @@ import torch
 from conftest import TINY_ARGS
 
 from fmnist_alexnet.checkpoint import load_model
+from fmnist_alexnet.config import resolve
+from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import build_model
+from fmnist_alexnet.runtime import Distributed
+from fmnist_alexnet.train import load_data
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 # Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
@@ -92,3 +96,11 @@ def test_only_rank_zero_writes_one_metrics_line_per_epoch(runs):
     single_rows = [json.loads(x) for x in (root / "single/metrics.jsonl").read_text().splitlines()]
     assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in single_rows]
     assert double.stdout.count("test accuracy") == 1
+
+
+def test_keeping_the_last_partial_batch_is_refused_across_processes(real_data):
+    config = resolve("d2l", {"data_dir": str(real_data.directory)})
+    assert not config.drop_last
+    with pytest.raises(FmnistError, match="--no-drop-last needs one process"):
+        load_data(config, torch.device("cpu"), Distributed(rank=0, world_size=2))
+    assert load_data(config, torch.device("cpu"), Distributed()).steps_per_epoch == 469

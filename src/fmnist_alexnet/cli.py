@@ -28,6 +28,8 @@ TRAIN_HELP = {
     "init": "weight initialisation (xavier: Glorot uniform, as d2l trains)",
     "epochs": "epochs in all (with --resume: the total to reach)",
     "batch_size": "global batch size, split across processes",
+    "drop_last": "drop each epoch's incomplete last batch (--no-drop-last keeps it, as a "
+    "DataLoader does by default; one process only)",
     "eval_batch_size": "batch size of validation and test",
     "optimizer": "optimizer",
     "lr": "peak learning rate",

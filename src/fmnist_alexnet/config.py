@@ -22,6 +22,7 @@ class TrainConfig:
     init: str = "default"  # default | xavier (d2l's train_ch6)
     epochs: int = 10
     batch_size: int = 128  # global batch, split across ranks
+    drop_last: bool = True  # drop each epoch's incomplete last batch (False: d2l's DataLoader)
     eval_batch_size: int = 500
     optimizer: str = "sgd"  # sgd | adamw
     lr: float = 0.01
@@ -96,6 +97,7 @@ PRESETS: dict[str, dict] = {
         mean=0.0,
         std=1.0,
         val_size=0,
+        drop_last=False,
         precision="fp32",
         epochs=10,
         optimizer="sgd",

@@ -270,12 +270,17 @@ def load_data(config: TrainConfig, device: torch.device, dist: Distributed) -> R
     )
     train_part, val = train_part.head(config.limit_train), val.head(config.limit_eval)
     test = DeviceData.from_numpy(*splits["test"], device).head(config.limit_eval)
+    if not config.drop_last and dist.world_size > 1:
+        raise FmnistError(
+            "--no-drop-last needs one process: a last batch smaller than the global batch "
+            f"cannot be split evenly across {dist.world_size}"
+        )
     if config.batch_size % dist.world_size:
         raise FmnistError(
             f"--batch-size {config.batch_size} must divide evenly across "
             f"{dist.world_size} processes"
         )
-    steps = steps_per_epoch(len(train_part), config.batch_size)
+    steps = steps_per_epoch(len(train_part), config.batch_size, config.drop_last)
     if steps == 0:
         raise FmnistError(
             f"--batch-size {config.batch_size} is larger than the {len(train_part)} training images"
@@ -340,6 +345,7 @@ def epoch_batches(
         rank=dist.rank,
         world_size=dist.world_size,
         channels_last=config.channels_last,
+        drop_last=config.drop_last,
     )
 
 

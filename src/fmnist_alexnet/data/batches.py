@@ -189,9 +189,10 @@ class Augment:
         return images
 
 
-def steps_per_epoch(n: int, batch_size: int) -> int:
-    """Training drops the last incomplete batch so every step has the same global batch."""
-    return n // batch_size
+def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
+    """Training drops the last incomplete batch so every step has the same global batch,
+    unless ``drop_last`` is False (a DataLoader's default; one process only)."""
+    return n // batch_size if drop_last else -(-n // batch_size)
 
 
 def train_batches(
@@ -205,20 +206,23 @@ def train_batches(
     rank: int = 0,
     world_size: int = 1,
     channels_last: bool = False,
+    drop_last: bool = True,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """Yield this rank's (inputs, labels) for each step of ``epoch`` from ``start_step`` on.
 
-    ``batch_size`` is the global batch; each rank takes its contiguous slice of it.
+    ``batch_size`` is the global batch; each rank takes its contiguous slice of it. With
+    ``drop_last`` False the last step takes the images left over (one process only).
     """
     device = data.labels.device
     order = torch.randperm(len(data), generator=generator(device, seed, epoch), device=device)
     local = batch_size // world_size
     lo, hi = rank * local, (rank + 1) * local
-    for step in range(start_step, steps_per_epoch(len(data), batch_size)):
-        index = order[step * batch_size : (step + 1) * batch_size][lo:hi]
+    for step in range(start_step, steps_per_epoch(len(data), batch_size, drop_last)):
+        batch = order[step * batch_size : (step + 1) * batch_size]
+        index = batch[lo:hi]
         images = data.images[index]
         if augment.enabled:
-            draw = augment.draw(batch_size, generator(device, seed, epoch, step)).shard(lo, hi)
+            draw = augment.draw(len(batch), generator(device, seed, epoch, step)).shard(lo, hi)
             images = augment.apply(images, draw)
         yield preprocess(images, channels_last), data.labels[index]
 
