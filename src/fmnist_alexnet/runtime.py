@@ -65,15 +65,18 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def configure_backends(device: torch.device) -> None:
+def configure_backends(device: torch.device, tf32: bool = True) -> None:
+    """``tf32=False`` (an explicit ``--precision fp32``) keeps CUDA's matmuls and convolutions
+    in true float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in
+    float32."""
     if device.type == "cpu":
         # AdamW's moments turn denormal late in a run and x86 is slow on them (BENCHMARKS.md).
         torch.set_flush_denormal(True)
         keep_freed_memory()  # big tensors reuse their pages instead of re-faulting each step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
 
 
 @dataclass(frozen=True)
