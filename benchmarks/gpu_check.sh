@@ -54,7 +54,7 @@ cap=$(( $(left) - 60 < D2L_SECONDS ? $(left) - 60 : D2L_SECONDS ))
 if [ "$cap" -ge 10 ]; then
   timeout --signal=INT "$cap" "$PY" -m fmnist_alexnet train --preset d2l --device "$DEVICE" \
     --data-dir "$DATA" --out "$OUT/d2l" --no-progress --no-report 2>&1 | tee "$OUT/d2l.log"
-  echo "d2l: exit ${PIPESTATUS[0]} (130 = stopped by the time cap)"
+  echo "d2l: exit ${PIPESTATUS[0]} (124 = stopped at its time cap by SIGINT, last.pt saved)"
   rm -rf "$OUT/d2l/checkpoints"
 fi
 
@@ -67,7 +67,7 @@ for seed in $SEEDS; do
   timeout --signal=INT "$cap" "$PY" -m fmnist_alexnet train --preset best --seed "$seed" \
     --device "$DEVICE" --data-dir "$DATA" --out "$OUT/best-seed$seed" --no-progress --no-report \
     2>&1 | tee "$OUT/best_seed$seed.log"
-  echo "best seed $seed: exit ${PIPESTATUS[0]} (130 = stopped by the time cap)"
+  echo "best seed $seed: exit ${PIPESTATUS[0]} (124 = stopped at its time cap by SIGINT, last.pt saved)"
   # Checkpoints are too big to bring back; keep the metrics and config.
   rm -rf "$OUT/best-seed$seed/checkpoints"
 done

@@ -64,7 +64,7 @@ def test_unknown_arch():
         build_model("vgg")
 
 
-@pytest.mark.parametrize("arch", ["alexnet", "alexnet-paper", "alexnet-d2l"])
+@pytest.mark.parametrize("arch", ["alexnet", "alexnet-paper"])
 def test_xavier_redraws_every_weight_from_glorot_uniform_and_keeps_biases(arch):
     torch.manual_seed(0)
     default = build_model(arch)
