@@ -49,7 +49,9 @@ def pil_weights(in_size: int, out_size: int) -> tuple[tuple[int, ...], ...]:
     return tuple(rows)
 
 
+@lru_cache(maxsize=16)
 def _matrix(in_size: int, out_size: int, device: torch.device) -> torch.Tensor:
+    """The weights as a float64 [out, in] matrix on ``device``, built once per size."""
     return torch.tensor(pil_weights(in_size, out_size), dtype=torch.float64, device=device)
 
 
