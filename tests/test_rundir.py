@@ -92,3 +92,16 @@ def test_a_torn_metrics_line_is_dropped_and_a_failed_append_leaves_none(tmp_path
     monkeypatch.undo()
     assert run.metrics.read_bytes() == before
     run.release()
+
+
+def test_a_run_refused_before_writing_anything_leaves_no_folder(tmp_path, capsys):
+    """Bad input found after the folder was made (here: fewer images than one batch)."""
+    too_few = [*TINY_ARGS, "--limit-train", "16", "--no-tensorboard"]
+    new = tmp_path / "runs" / "new"
+    assert main(["train", "--out", str(new), *too_few]) == 2
+    assert "larger than the 16 training images" in capsys.readouterr().err
+    assert not new.exists() and new.parent.is_dir()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    assert main(["train", "--out", str(existing), *too_few]) == 2
+    assert existing.is_dir()  # a folder the user made is never removed

@@ -33,11 +33,13 @@ class RunDir:
         self.metrics = self.path / "metrics.jsonl"
         self._lock = None
         self.removed_temp: list[Path] = []
+        self.created = False  # this run made the folder (so may remove it, still empty)
 
     def prepare(self) -> None:
         """Create the folder, prove it is writable and take its lock before any work."""
         if not self.enabled:
             return
+        self.created = not self.path.exists()
         try:
             self.checkpoints.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryFile(dir=self.checkpoints):
@@ -85,6 +87,22 @@ class RunDir:
 
     def __exit__(self, *exc) -> None:
         self.release()
+        if exc[0] is not None:
+            self._remove_if_empty()
+
+    def _remove_if_empty(self) -> None:
+        """A run that failed before writing anything (bad input found after the folder was
+        made) leaves no empty folder behind; anything written keeps the folder."""
+        if not (self.enabled and self.created):
+            return
+        with contextlib.suppress(OSError):
+            if any(self.checkpoints.iterdir()):
+                return
+            if {p.name for p in self.path.iterdir()} != {".lock", "checkpoints"}:
+                return
+            self.checkpoints.rmdir()
+            (self.path / ".lock").unlink()
+            self.path.rmdir()
 
     def write_config(self, config, runtime: dict) -> None:
         self.write_json("config.json", {**config.to_dict(), "runtime": runtime})
