@@ -26,17 +26,22 @@ def curves_figure(history: list[dict]):
 
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     epochs = [row["epoch"] for row in history]
-    for key, label in (("train_loss", "train"), ("val_loss", "validation")):
-        loss_ax.plot(epochs, [row[key] for row in history], marker="o", label=label)
-    for key, label in (("train_acc", "train"), ("val_acc", "validation")):
-        acc_ax.plot(epochs, [row[key] for row in history], marker="o", label=label)
+    validated = any(row.get("val_acc") is not None for row in history)  # --val-size 0: none
+    for ax, kind in ((loss_ax, "loss"), (acc_ax, "acc")):
+        ax.plot(epochs, [row[f"train_{kind}"] for row in history], marker="o", label="train")
+        if validated:
+            values = [row[f"val_{kind}"] for row in history]
+            ax.plot(epochs, values, marker="o", label="validation")
     for ax, title in ((loss_ax, "loss (cross-entropy)"), (acc_ax, "accuracy")):
         ax.set_xlabel("epoch")
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
         ax.set_xticks(epochs)
-    figure.suptitle("train: augmented batches with dropout, as seen during the epoch")
+    figure.suptitle(
+        "train: the epoch's batches as trained (dropout on, augmented if the recipe augments)"
+        + ("" if validated else "; no validation split")
+    )
     return figure
 
 
