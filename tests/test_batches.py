@@ -162,15 +162,20 @@ def test_device_data_from_numpy_shapes():
     assert data.images.shape == (5, 1, 28, 28) and data.labels.dtype == torch.int64
 
 
+def pillow_resized(images: torch.Tensor, size: int) -> np.ndarray:
+    """uint8 [B, 1, 28, 28] -> uint8 [B, size, size] by Pillow's own Image.resize."""
+    images = images[:, 0]
+    resized = [Image.fromarray(a.numpy()).resize((size, size), Image.BILINEAR) for a in images]
+    return np.stack([np.asarray(image) for image in resized])
+
+
 @pytest.mark.parametrize("size", [224, 96, 65, 227, 20])
 def test_pil_bilinear_equals_pillow_on_real_images(data, size):
     """Up, down and by a non-integer factor: every pixel as Pillow's Image.resize computes it."""
     images = data.images[:64]
     ours = pil_bilinear(images, size)
-    pillow = [Image.fromarray(a.numpy()).resize((size, size), Image.BILINEAR) for a in images[:, 0]]
-    pillow = np.stack([np.asarray(image) for image in pillow])
     assert ours.dtype == torch.uint8 and ours.shape == (64, 1, size, size)
-    assert np.array_equal(ours[:, 0].numpy(), pillow)
+    assert np.array_equal(ours[:, 0].numpy(), pillow_resized(images, size))
 
 
 def test_the_d2l_preset_feeds_exactly_what_torchvisions_resize_and_to_tensor_give(data):
@@ -185,12 +190,9 @@ def test_the_d2l_preset_feeds_exactly_what_torchvisions_resize_and_to_tensor_giv
     spec = ModelSpec.from_config(config)
     images = data.images[:16]
     ours = spec.preprocess()(images)
-    expected = [
-        np.asarray(Image.fromarray(a.numpy()).resize((224, 224), Image.BILINEAR), np.float32) / 255
-        for a in images[:, 0]
-    ]
+    expected = pillow_resized(images, 224).astype(np.float32) / 255
     assert ours.dtype == torch.float32
-    assert torch.equal(ours[:, 0], torch.from_numpy(np.stack(expected)))
+    assert torch.equal(ours[:, 0], torch.from_numpy(expected))
     # the torch resize of normalised floats differs from it, by Pillow's 8-bit rounding only
     floats = Preprocess(224, 0.0, 1.0, "bilinear")(images)
     assert 0 < (floats - ours).abs().max() <= 1 / 255 + 1e-6

@@ -87,7 +87,7 @@ def bench(
         raise FmnistError("--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first")
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
-    configure_backends(device, tf32=config.precision != "fp32")
+    configure_backends(device, config.precision)
     data = load_data(config, device, Distributed())
     spec = ModelSpec.from_config(config)
     if device.type == "cuda":

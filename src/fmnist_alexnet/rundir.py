@@ -93,7 +93,7 @@ class RunDir:
     def _remove_if_empty(self) -> None:
         """A run that failed before writing anything (bad input found after the folder was
         made) leaves no empty folder behind; anything written keeps the folder."""
-        if not (self.enabled and self.created):
+        if not self.created:  # set only by a rank that writes
             return
         with contextlib.suppress(OSError):
             if any(self.checkpoints.iterdir()):

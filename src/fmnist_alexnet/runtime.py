@@ -65,10 +65,10 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({os.cpu_count()} cores)"
 
 
-def configure_backends(device: torch.device, tf32: bool = True) -> None:
-    """``tf32=False`` (an explicit ``--precision fp32``) keeps CUDA's matmuls and convolutions
-    in true float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in
-    float32."""
+def configure_backends(device: torch.device, requested_precision: str = "auto") -> None:
+    """An explicit ``--precision fp32`` keeps CUDA's matmuls and convolutions in true
+    float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in float32."""
+    tf32 = requested_precision != "fp32"
     if device.type == "cpu":
         # AdamW's moments turn denormal late in a run and x86 is slow on them (BENCHMARKS.md).
         torch.set_flush_denormal(True)

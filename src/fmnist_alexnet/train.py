@@ -124,7 +124,7 @@ def train(
             log(f"removed {len(run.removed_temp)} temp file(s) a killed write left in {run.path}")
         device = resolve_device(config.device, dist.local_rank)
         precision = resolve_precision(config.precision, device)
-        configure_backends(device, tf32=config.precision != "fp32")
+        configure_backends(device, config.precision)
 
         data = load_data(config, device, dist)
         step = build_train_step(config, device, precision, data.steps_per_epoch, dist, resume)
