@@ -179,15 +179,19 @@ def test_every_preset_trains_on_real_images(tmp_path, preset):
 
 @pytest.mark.slow
 def test_learns_a_real_subset(tmp_path):
-    """2,400 real training images, 64 px, 3 epochs: far above the 10% of chance (0.66 on the
-    first 500 test images on the 2-core AMD machine, where it takes under two minutes).
+    """1,600 real training images, 64 px, 3 epochs: far above the 10% of chance.
+
+    On the 2-core Zen 1 machine (2026-11-30) seeds 0, 1, 2 scored 0.658, 0.648, 0.672 on the
+    first 500 test images, in about 67 s each. The learning rate is half the quick preset's:
+    at 1e-3 this short run sometimes stays on the network's initial plateau (seeds 0-2: 0.586,
+    0.220, 0.684). No validation split (the last epoch is tested), to spend the time training.
 
     The recipe is spelled out rather than taken from a preset, so tuning a preset cannot
     quietly weaken this test.
     """
     recipe = {
         "optimizer": "adamw",
-        "lr": 1e-3,
+        "lr": 5e-4,
         "weight_decay": 0.01,
         "schedule": "onecycle",
         "warmup_epochs": 0.3,
@@ -204,7 +208,8 @@ def test_learns_a_real_subset(tmp_path):
         "quick",
         {
             **recipe,
-            "limit_train": 2400,
+            "limit_train": 1600,
+            "val_size": 0,
             "limit_eval": 500,
             "device": "cpu",
             "progress": False,
