@@ -26,15 +26,13 @@ import io
 import json
 import random
 import socket
-import subprocess
 import sys
 import threading
 import time
-from contextlib import contextmanager
 
 import httpx
 from PIL import Image
-from serve_load import rss_mb  # this folder: the load test's reading of VmRSS
+from serve_load import rss_mb, running_server  # this folder: the load test's helpers
 
 HOST = "127.0.0.1"
 
@@ -60,7 +58,7 @@ def main() -> None:
 
 def run_trial(checkpoint, garbage=2000, hostile=500, slow=20, slow_seconds=10.0, seed=0) -> dict:
     rng = random.Random(seed)
-    with running_server(checkpoint) as server:
+    with running_server(checkpoint, "--max-upload-mb", "1", "--max-files", "8") as server:
         port, pid = server["port"], server["process"].pid
         rss_before = round(rss_mb(pid), 1)
         t0 = time.perf_counter()
@@ -259,41 +257,7 @@ def slow_clients(port: int, count: int, seconds: float, rng: random.Random) -> l
     return timings
 
 
-# ------------------------------------------------------------------ the server
-
-
-@contextmanager
-def running_server(checkpoint):
-    with socket.socket() as probe:
-        probe.bind((HOST, 0))
-        port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "fmnist_alexnet", "serve", str(checkpoint), "--port", str(port),
-            "--max-upload-mb", "1", "--max-files", "8", "--device", "cpu"]  # fmt: skip
-    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    captured: list[str] = []
-    reader = threading.Thread(target=lambda: captured.extend(process.stderr), daemon=True)
-    reader.start()
-    try:
-        _wait_ready(port, process)
-        yield {"port": port, "process": process, "stderr": lambda: "".join(captured)}
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
-        reader.join(timeout=5)
-
-
-def _wait_ready(port: int, process, timeout: float = 120.0) -> None:
-    deadline = time.perf_counter() + timeout
-    while time.perf_counter() < deadline:
-        if process.poll() is not None:
-            raise SystemExit(f"the server exited with {process.returncode}")
-        try:
-            if httpx.get(f"http://{HOST}:{port}/ready", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise SystemExit("the server did not become ready")
+# ------------------------------------------------------------------ the server's log
 
 
 def _first_traceback(stderr: str) -> str | None:

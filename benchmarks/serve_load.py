@@ -22,7 +22,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -53,7 +55,8 @@ def main() -> None:
         "runs": {},
     }
     for max_batch in (64, 1):
-        with running_server(args.checkpoint, max_batch) as (port, pid):
+        with running_server(args.checkpoint, "--max-batch", str(max_batch)) as server:
+            port, pid = server["port"], server["process"].pid
             rows = []
             for clients in args.clients:
                 row = asyncio.run(load(port, images, expected, clients, args.seconds))
@@ -196,33 +199,41 @@ def format_row(row) -> str:
     )
 
 
-class running_server:
-    """`fmnist-alexnet serve` on a free loopback port, stopped with SIGTERM on exit."""
+@contextmanager
+def running_server(checkpoint, *serve_args: str, timeout: float = 180.0):
+    """`fmnist-alexnet serve CHECKPOINT *serve_args` on a free loopback port, on the CPU; yields
+    its port, its process and a function that returns its stderr so far; SIGTERM on exit."""
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        port = probe.getsockname()[1]
+    argv = [sys.executable, "-m", "fmnist_alexnet", "serve", str(checkpoint)]
+    argv += ["--host", HOST, "--port", str(port), "--device", "cpu", *serve_args]
+    process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    captured: list[str] = []
+    reader = threading.Thread(target=lambda: captured.extend(process.stderr), daemon=True)
+    reader.start()
+    try:
+        _wait_ready(port, process, timeout)
+        yield {"port": port, "process": process, "stderr": lambda: "".join(captured)}
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+        reader.join(timeout=5)
 
-    def __init__(self, checkpoint, max_batch: int) -> None:
-        self.checkpoint, self.max_batch = checkpoint, max_batch
 
-    def __enter__(self):
-        with socket.socket() as s:
-            s.bind((HOST, 0))
-            self.port = s.getsockname()[1]
-        command = [sys.executable, "-m", "fmnist_alexnet", "serve", self.checkpoint]
-        command += ["--host", HOST, "--port", str(self.port), "--device", "cpu"]
-        command += ["--max-batch", str(self.max_batch)]
-        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"http://{HOST}:{self.port}/ready", timeout=2).status_code == 200:
-                    return self.port, self.proc.pid
-            except httpx.HTTPError:
-                time.sleep(0.3)
-        self.proc.kill()
-        raise SystemExit("the server did not become ready")
-
-    def __exit__(self, *exc) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+def _wait_ready(port: int, process, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"the server exited with {process.returncode}")
+        try:
+            if httpx.get(f"http://{HOST}:{port}/ready", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise SystemExit("the server did not become ready")
 
 
 def rss_mb(pid: int) -> float:
