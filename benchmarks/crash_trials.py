@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -36,6 +35,7 @@ import torch
 
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.runtime import device_name
 
 RUN_ARGS = [
     "--preset", "quick", "--image-size", "63", "--limit-train", "256", "--limit-eval", "64",
@@ -199,7 +199,7 @@ def _rows(folder) -> list[dict]:
 def _summary(kills, trials, run_s, wall_s) -> dict:
     loads = [k["last_loads"] for k in kills if k["last_loads"] is not None]
     return {
-        "machine": f"{_cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "machine": f"{device_name(torch.device('cpu'))}, torch {torch.__version__}",
         "config": " ".join(RUN_ARGS),
         "reference_run_s": round(run_s, 1),
         "kills": kills,
@@ -216,17 +216,6 @@ def _summary(kills, trials, run_s, wall_s) -> dict:
         "n_trials": len(trials),
         "wall_s": round(wall_s, 1),
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as info:
-            pairs = (line.split(":", 1) for line in info if ":" in line)
-            fields = {key.strip(): value.strip() for key, value in pairs}
-        family, model = fields.get("cpu family", "?"), fields.get("model", "?")
-        return f"{fields['model name']} (family {family} model {model})"
-    except (OSError, KeyError):
-        return platform.machine()
 
 
 def _run_to_end(folder) -> None:

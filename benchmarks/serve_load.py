@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import io
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -28,11 +27,13 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import torch
 from PIL import Image
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
 from fmnist_alexnet.predict import predict_images
+from fmnist_alexnet.runtime import device_name
 
 HOST = "127.0.0.1"
 N_IMAGES = 1000
@@ -49,7 +50,7 @@ def main() -> None:
     args = parser.parse_args()
     images, expected = offline_answers(args.checkpoint)
     report: dict = {
-        "machine": machine(),
+        "machine": device_name(torch.device("cpu")),
         "checkpoint": args.checkpoint,
         "seconds_per_level": args.seconds,
         "runs": {},
@@ -241,15 +242,6 @@ def rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def machine() -> str:
-    model = "cpu"
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} cores"
 
 
 if __name__ == "__main__":

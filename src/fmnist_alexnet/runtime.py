@@ -50,19 +50,28 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+CPUINFO = "/proc/cpuinfo"
+
+
 def device_name(device: torch.device) -> str:
-    """What a person would call the device: the GPU's name, or the CPU model and cores."""
+    """What a person would call the device: the GPU's name, or the CPU model with its family
+    and model numbers (one "AMD EPYC" name covers CPUs several times apart in speed), cores
+    and threads."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
+    cores = f"{os.cpu_count()} cores, {torch.get_num_threads()} threads"
     try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    name = line.split(":", 1)[1].strip()
-                    return f"{name} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+        with open(CPUINFO, encoding="utf-8") as handle:
+            pairs = (line.split(":", 1) for line in handle if ":" in line)
+            fields = {}
+            for key, value in pairs:  # the first processor's fields
+                fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return f"cpu ({os.cpu_count()} cores)"
+        fields = {}
+    if "model name" not in fields:
+        return f"cpu ({cores})"
+    family = fields.get("cpu family", "?")
+    return f"{fields['model name']} (family {family} model {fields.get('model', '?')}, {cores})"
 
 
 def configure_backends(device: torch.device, requested_precision: str = "auto") -> None:
