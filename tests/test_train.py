@@ -182,7 +182,7 @@ def test_learns_a_real_subset(tmp_path):
     """1,600 real training images, 64 px, 3 epochs: far above the 10% of chance.
 
     On the 2-core Zen 1 machine (2026-11-30) seeds 0, 1, 2 scored 0.658, 0.648, 0.672 on the
-    first 500 test images, in about 67 s each. The learning rate is half the quick preset's:
+    first 500 test images, in 67-71 s each. The learning rate is half the quick preset's:
     at 1e-3 this short run sometimes stays on the network's initial plateau (seeds 0-2: 0.586,
     0.220, 0.684). No validation split (the last epoch is tested), to spend the time training.
 
