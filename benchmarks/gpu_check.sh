@@ -48,35 +48,36 @@ bench() {
   echo "bench $compile: exit $?"; cat "$OUT/bench_224_bf16_$compile.json"
 }
 
+# A training run stopped (Ctrl-C, last.pt saved) at the smaller of CAP seconds and the time
+# left less a minute; skipped when that is under FLOOR seconds. Checkpoints are too big to
+# bring back: the run keeps its metrics, config and log.
+capped_train() {
+  local name=$1 cap=$2 floor=$3
+  shift 3
+  cap=$(( $(left) - 60 < cap ? $(left) - 60 : cap ))
+  if [ "$cap" -lt "$floor" ]; then echo "$name: skipped, out of time"; return; fi
+  timeout --signal=INT "$cap" "$PY" -m fmnist_alexnet train "$@" --device "$DEVICE" \
+    --data-dir "$DATA" --out "$OUT/$name" --no-progress --no-report 2>&1 | tee "$OUT/$name.log"
+  echo "$name: exit ${PIPESTATUS[0]} (124 = stopped at its time cap by SIGINT, last.pt saved)"
+  rm -rf "$OUT/$name/checkpoints"
+}
+
 # d2l's recipe at full scale (10 epochs of 60,000 images at 224 px, float32): the number to
 # set beside d2l's printed "loss 0.329, train acc 0.879, test acc 0.879".
-cap=$(( $(left) - 60 < D2L_SECONDS ? $(left) - 60 : D2L_SECONDS ))
-if [ "$cap" -ge 10 ]; then
-  timeout --signal=INT "$cap" "$PY" -m fmnist_alexnet train --preset d2l --device "$DEVICE" \
-    --data-dir "$DATA" --out "$OUT/d2l" --no-progress --no-report 2>&1 | tee "$OUT/d2l.log"
-  echo "d2l: exit ${PIPESTATUS[0]} (124 = stopped at its time cap by SIGINT, last.pt saved)"
-  rm -rf "$OUT/d2l/checkpoints"
-fi
+capped_train d2l "$D2L_SECONDS" 10 --preset d2l
 
 bench no-compile
 
-# The best preset, one run per seed, each stopped (Ctrl-C, last.pt saved) at its time cap.
+# The best preset, one run per seed.
 for seed in $SEEDS; do
-  cap=$(( $(left) - 60 < TRAIN_SECONDS ? $(left) - 60 : TRAIN_SECONDS ))
-  if [ "$cap" -lt 30 ]; then echo "best seed $seed: skipped, out of time"; continue; fi
-  timeout --signal=INT "$cap" "$PY" -m fmnist_alexnet train --preset best --seed "$seed" \
-    --device "$DEVICE" --data-dir "$DATA" --out "$OUT/best-seed$seed" --no-progress --no-report \
-    2>&1 | tee "$OUT/best_seed$seed.log"
-  echo "best seed $seed: exit ${PIPESTATUS[0]} (124 = stopped at its time cap by SIGINT, last.pt saved)"
-  # Checkpoints are too big to bring back; keep the metrics and config.
-  rm -rf "$OUT/best-seed$seed/checkpoints"
+  capped_train "best-seed$seed" "$TRAIN_SECONDS" 30 --preset best --seed "$seed"
 done
 
 # One line per seed: finished runs have a test figure, capped ones only their last epoch.
 "$PY" - "$OUT" <<'PY' | tee "$OUT/best_summary.txt"
 import json, pathlib, statistics, sys
 out, accs = pathlib.Path(sys.argv[1]), []
-for run in sorted(out.glob("best-seed*")):
+for run in sorted(p for p in out.glob("best-seed*") if p.is_dir()):
     metrics = run / "metrics.jsonl"
     rows = [json.loads(x) for x in metrics.read_text().splitlines() if x] if metrics.exists() else []
     last = rows[-1] if rows else {}
@@ -86,9 +87,11 @@ for run in sorted(out.glob("best-seed*")):
         accs.append(t["accuracy"])
         print(f"{run.name}: test {t['accuracy']:.4f}, wall {t['wall_s']:.0f} s, "
               f"best epoch {t['best_epoch']}, {t['train_images_per_sec']:.0f} img/s")
+    elif rows:
+        print(f"{run.name}: capped after epoch {last['epoch']} "
+              f"(val {last['val_acc']}, {last['images_per_sec']:.0f} img/s), no test figure")
     else:
-        print(f"{run.name}: capped after epoch {last.get('epoch')} "
-              f"(val {last.get('val_acc')}, {last.get('images_per_sec')} img/s), no test figure")
+        print(f"{run.name}: capped before its first epoch ended, no figure")
 if accs:
     spread = statistics.stdev(accs) if len(accs) > 1 else 0.0
     print(f"finished: {len(accs)}, test mean {statistics.mean(accs):.4f}, std {spread:.4f}")
