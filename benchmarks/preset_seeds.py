@@ -66,14 +66,13 @@ def run_seed(preset: str, seed: int, out: Path, flags: list[str]) -> dict:
     if done.returncode != 0:
         raise SystemExit(f"seed {seed}: train exited with {done.returncode} ({folder})")
     test = json.loads((folder / "test_metrics.json").read_text())
-    rows = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
-    vals = [row["val_acc"] for row in rows if row.get("val_acc") is not None]
+    epochs = len((folder / "metrics.jsonl").read_text().splitlines())
     run = {
         "seed": seed,
         "test_acc": test["accuracy"],
         "test_n": test["n"],
-        "best_val_acc": max(vals) if vals else None,
-        "epochs": len(rows),
+        "best_val_acc": test["best_val_acc"],  # what chose best.pt; None without validation
+        "epochs": epochs,
         "wall_s": round(wall, 1),
         "run": str(folder),
     }

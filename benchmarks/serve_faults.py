@@ -32,9 +32,7 @@ import time
 
 import httpx
 from PIL import Image
-from serve_load import rss_mb, running_server  # this folder: the load test's helpers
-
-HOST = "127.0.0.1"
+from serve_load import HOST, rss_mb, running_server  # this folder: the load test's helpers
 
 
 def main() -> None:

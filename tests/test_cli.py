@@ -19,7 +19,6 @@ from fmnist_alexnet.checkpoint import Checkpoint, save_checkpoint
 from fmnist_alexnet.cli import TRAIN_HELP, build_parser, main, preset_defaults
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data import CLASS_NAMES, sources
-from fmnist_alexnet.data.sources import load_split
 from fmnist_alexnet.model import build_model
 from fmnist_alexnet.spec import ModelSpec
 
@@ -165,7 +164,7 @@ def test_train_then_evaluate_json(plain_evaluation, real_data):
     assert result["split"] == "test" and result["tta"] == "none" and result["n"] == EVAL_N
     matrix = torch.tensor(result["confusion_matrix"])
     assert matrix.shape == (10, 10) and int(matrix.sum()) == EVAL_N
-    _, labels = load_split(real_data, "test")
+    _, labels = sources.load_split(real_data, "test")
     per_class = np.bincount(labels[:EVAL_N], minlength=10)
     assert matrix.sum(1).tolist() == per_class.tolist()  # rows are the true classes
     assert result["accuracy"] == pytest.approx(float(matrix.trace()) / EVAL_N)
