@@ -43,7 +43,8 @@ DETERMINISTIC = [
 
 
 def run(argv, env_extra=None, nproc=None):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", **(env_extra or {})}
+    # faulthandler: should a rank ever abort (SIGABRT), its Python stack lands in the assertion.
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1", **(env_extra or {})}
     if nproc:
         command = [TORCHRUN, "--standalone", f"--nproc_per_node={nproc}", "-m", "fmnist_alexnet"]
     else:
