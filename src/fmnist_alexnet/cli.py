@@ -417,10 +417,8 @@ def _train(args) -> int:
     if args.resume == "auto" and resume is None:
         print(f"no checkpoint in {config.out} yet: starting a new run there", flush=True)
     dist = init_distributed(config.device)
-    finished = False
     try:
         result = train(config, resume, dist)
-        finished = True
     except TrainingInterrupted as exc:
         print(exc, file=sys.stderr)
         return 130
@@ -428,7 +426,7 @@ def _train(args) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 3
     finally:
-        shutdown_distributed(together=finished)
+        shutdown_distributed()
     if dist.is_main:
         print(summary_line(result), flush=True)
         if args.report:

@@ -129,11 +129,6 @@ def init_distributed(device_name: str) -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
 
 
-def shutdown_distributed(*, together: bool) -> None:
-    """Leave the process group. ``together`` (a run that ended normally on every rank) first
-    waits for all ranks, so none tears down its Gloo connections while another still works;
-    after an error a rank leaves at once rather than wait on peers that may never come."""
+def shutdown_distributed() -> None:
     if dist.is_initialized():
-        if together:
-            dist.barrier()
         dist.destroy_process_group()

@@ -157,7 +157,11 @@ def train(
         try:
             stopped = train_epochs(session, should_stop, on_epoch)
             dist.barrier()
-            return finish(session, test, stopped)
+            result = finish(session, test, stopped)
+            # Ranks leave together: none tears down its Gloo connections while rank 0 still
+            # writes the test figures (an error or Ctrl-C above leaves at once instead).
+            dist.barrier()
+            return result
         except NonFinite as exc:
             kept = (
                 f"{run.checkpoints / 'last.pt'} keeps epoch {session.saved_epoch}, the last "
