@@ -67,6 +67,7 @@ def broken_data(tmp_path):
         (["train", "--val-size", "60000"], "--val-size must be below 60000"),
         (["train", "--preset", "fastest"], "invalid choice: 'fastest'"),
         (["train", "--batch-size", "many"], "expected a whole number, got 'many'"),
+        (["train", "--time-budget", "1x"], "expected a duration such as 90s, 15m, 1h"),
         (["train", "--resume", "auto"], "--resume auto needs --out DIR"),
         (["train", "--resume", "/nonexistent/last.pt"], "checkpoint not found"),
         (["evaluate", "/nonexistent/best.pt"], "checkpoint not found"),
@@ -102,6 +103,11 @@ def test_corrupt_file(capsys, broken_data, tmp_path):
 def test_checksum_mismatch(capsys, tmp_path):
     folder = write_dataset(tmp_path / "data")
     assert_user_error(capsys, ["data", "info", "--data-dir", str(folder)], "checksum mismatch")
+
+
+def test_a_time_budget_too_short_for_one_epoch_says_so(capsys, tmp_path):
+    argv = ["train", "--time-budget", "1s", "--out", str(tmp_path / "r"), *TINY_ARGS]
+    assert_user_error(capsys, argv, "--time-budget 1s fits no epoch on this machine")
 
 
 def test_unwritable_output_folder(capsys, tmp_path):
@@ -252,9 +258,10 @@ def test_every_config_field_is_a_train_flag_whose_help_states_the_true_default(c
     for name in fields:
         assert "--" + name.replace("_", "-") in help_text, name
     assert (
-        preset_defaults("image_size") == "default by preset: seed 224, d2l 224, quick 128, best 224"
+        preset_defaults("image_size")
+        == "default by preset: seed 224, d2l 224, quick 128, hour 128, best 224"
     )
-    assert "(default by preset: seed 224, d2l 224, quick 128, best 224)" in help_text
+    assert "(default by preset: seed 224, d2l 224, quick 128, hour 128, best 224)" in help_text
     assert preset_defaults("ema") == "default 0.0"
 
 

@@ -512,6 +512,24 @@ def test_numeric_flags_refuse_nonsense_in_one_line(target, value):
 _CONFIG_FIELDS = set(resolve("quick", {}).to_dict())
 
 
+@examples(200)
+@given(
+    value=numbers | st.from_regex(r"\s*[0-9.]*[hH]?\s*[0-9.]*[mM]?[0-9.]*[sS]?\s*", fullmatch=True)
+)
+def test_the_duration_flag_parses_to_seconds_or_refuses_in_one_line(value):
+    stderr = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(stderr):
+            args = PARSER.parse_args(["train", f"--time-budget={value}"])
+    except SystemExit as exc:
+        err = stderr.getvalue()
+        assert exc.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith("fmnist-alexnet: error: argument --time-budget: ")
+        return
+    assert isinstance(args.time_budget, float) and 0 <= args.time_budget < float("inf")
+    resolve("quick", {"time_budget": args.time_budget})
+
+
 def test_a_recipe_file_cannot_bring_in_what_flags_refuse():
     for field, value in (("lr", float("nan")), ("std", float("inf")), ("epochs", 2**40)):
         with pytest.raises(FmnistError, match=f"--{field.replace('_', '-')} must be"):

@@ -19,6 +19,7 @@ from conftest import (
     tiny_config,
 )
 
+from fmnist_alexnet import budget
 from fmnist_alexnet import train as train_module
 from fmnist_alexnet.checkpoint import FORMAT_VERSION, load_checkpoint
 from fmnist_alexnet.config import PRESETS, resolve
@@ -161,6 +162,32 @@ def test_resume_refuses_finished_run_and_other_arch(straight_run):
         plan_run(None, {"out": str(straight_run)}, "auto")
     with pytest.raises(FmnistError, match="--arch alexnet-paper differs"):
         plan_run(None, {"out": str(straight_run), "arch": "alexnet-paper", "epochs": 3}, "auto")
+
+
+def test_a_budgeted_run_trains_exactly_as_the_count_it_chose(straight_run, tmp_path):
+    """The probe's throwaway model draws from the global RNG; the real one reseeds it, so a
+    budget that fits both epochs gives the very weights of a plain 2-epoch run."""
+    train(tiny_config(tmp_path, time_budget=3600.0, **SCHEDULE), log=quiet)
+    assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
+    config = json.loads((tmp_path / "config.json").read_text())
+    plan = config["runtime"]["time_budget"]
+    assert config["epochs"] == plan["epochs"] == 2 and plan["budget_s"] == 3600
+    assert 0 < plan["estimate_s"] < 3600 and plan["train_images_per_sec"] > 0
+    assert not (tmp_path / "checkpoints" / "time-budget-probe.pt").exists()
+
+
+def test_a_budget_cuts_the_epochs_and_a_resumed_run_keeps_the_cut(tmp_path, monkeypatch):
+    lines = []
+    # 8 steps of 12 s: about 100 s an epoch, so 200 s (190 planned, 20 kept for the report)
+    # fit one of the three epochs asked for.
+    slow = budget.Speeds({63: 12.0}, eval_image_s=0.001, save_s=1.0, warmup_extra_s=0.0)
+    monkeypatch.setattr(budget, "probe", lambda *args: slow)
+    result = train(tiny_config(tmp_path, epochs=3, time_budget=200.0), log=lines.append)
+    assert len(result.history) == 1 and result.test is not None
+    assert lines[0].startswith("time budget 200 s: 1 epoch fit, about 97 s each")
+    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config.epochs == 1
+    with pytest.raises(RunComplete):  # the same command again: nothing left to do
+        plan_run(None, {"out": str(tmp_path), "time_budget": 200.0}, "auto")
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 
 INT_MAX = 2**31 - 1  # counts, sizes and seeds: anything larger is a typo, not a setting
 
@@ -46,3 +47,25 @@ def number(least: float | None = None, above: float | None = None):
 
     parse.__name__ = "number"
     return parse
+
+
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
+_DURATION = re.compile(rf"(?:{_NUMBER}h)?\s*(?:{_NUMBER}m)?\s*(?:{_NUMBER}s)?")
+
+
+def duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``15m``, ``1h``, ``1h30m`` or ``2.5h``; ``0`` is off."""
+    text = text.strip().lower()
+    match = _DURATION.fullmatch(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        if not text or not match:
+            raise argparse.ArgumentTypeError(
+                f"expected a duration such as 90s, 15m, 1h or 1h30m, got {text!r}"
+            ) from None
+        hours, minutes, secs = (float(part or 0) for part in match.groups())
+        seconds = 3600 * hours + 60 * minutes + secs
+    if not math.isfinite(seconds) or seconds < 0:
+        raise argparse.ArgumentTypeError(f"must be a finite duration >= 0, got {text!r}")
+    return seconds

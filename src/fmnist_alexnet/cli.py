@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from fmnist_alexnet.argtypes import integer, number
+from fmnist_alexnet.argtypes import duration, integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import TTA_CHOICES
@@ -26,7 +26,9 @@ TRAIN_HELP = {
     "with d2l's dropout placement (after each hidden ReLU)",
     "dropout": "dropout probability in the classifier",
     "init": "weight initialisation (xavier: Glorot uniform, as d2l trains)",
-    "epochs": "epochs in all (with --resume: the total to reach)",
+    "epochs": "epochs in all (with --resume: the total to reach; with --time-budget: the most)",
+    "time_budget": "size a new run to this wall time (90s, 15m, 1h): its speed is measured "
+    "first and it trains as many epochs as fit, at most --epochs (0: off; seconds)",
     "batch_size": "global batch size, split across processes",
     "drop_last": "drop each epoch's incomplete last batch (--no-drop-last keeps it, as a "
     "DataLoader does by default; one process only)",
@@ -68,6 +70,7 @@ TRAIN_HELP = {
     "min_delta": "the validation-accuracy gain that counts for --early-stop",
 }
 _METAVARS = {
+    "time_budget": "DURATION",
     "ema": "DECAY",
     "start_size": "PX",
     "start_epochs": "N",
@@ -94,6 +97,7 @@ BENCH_FLAGS = (
     "data_dir",
 )
 _TYPES = {"int": integer(), "float": number(), "str": str, "str | None": str}
+_FIELD_TYPES = {"time_budget": duration}  # a flag whose text is not a plain number
 
 
 class _Parser(argparse.ArgumentParser):
@@ -134,7 +138,7 @@ def add_train_flags(parser: argparse.ArgumentParser, names=None) -> None:
         elif field.name in CHOICES:
             kwargs["choices"] = CHOICES[field.name]
         else:
-            kwargs["type"] = _TYPES[field.type]
+            kwargs["type"] = _FIELD_TYPES.get(field.name, _TYPES[field.type])
             kwargs["metavar"] = _METAVARS.get(field.name)
         parser.add_argument(flag, **kwargs)
 

@@ -14,6 +14,18 @@ def start_line(config, device, precision, data, run) -> str:
     )
 
 
+def budget_line(plan, image_size: int) -> str:
+    """What ``--time-budget`` measured and planned (``budget.BudgetPlan``)."""
+    each = plan.epoch_s[-1]
+    return (
+        f"time budget {plan.budget_s:.0f} s: {plan.epochs} epoch{'s' * (plan.epochs != 1)} "
+        f"fit, about {each:.0f} s each "
+        f"with validation ({plan.train_images_per_sec:.0f} train and "
+        f"{plan.eval_images_per_sec:.0f} eval img/s measured at {image_size} px), "
+        f"{plan.estimate_s:.0f} s planned in all"
+    )
+
+
 def resumed_line(resumed: dict) -> str:
     changed = [
         f"{name} {old} -> {new}"

@@ -115,6 +115,16 @@ class RunDir:
         if self.enabled:
             ckpt.save_checkpoint(self.checkpoints / name, checkpoint)
 
+    def time_save(self, checkpoint: ckpt.Checkpoint) -> float:
+        """Seconds to write ``checkpoint`` as an epoch's ``last.pt`` is written (to a file of
+        its own, removed after): what ``--time-budget`` plans for each epoch."""
+        path = self.checkpoints / "time-budget-probe.pt"
+        started = time.perf_counter()
+        self.save_checkpoint(path.name, checkpoint)
+        seconds = time.perf_counter() - started
+        path.unlink(missing_ok=True)
+        return seconds
+
     def copy_checkpoint(self, source: str, target: str) -> None:
         if not self.enabled:
             return

@@ -16,6 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fmnist_alexnet import checkpoint as ckpt
+from fmnist_alexnet.budget import plan_budget
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.data.batches import (
     Augment,
@@ -29,6 +30,7 @@ from fmnist_alexnet.data.sources import DataSource, find_data, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
 from fmnist_alexnet.messages import (
+    budget_line,
     diverged_line,
     epoch_line,
     resumed_line,
@@ -127,6 +129,11 @@ def train(
         configure_backends(device, config.precision)
 
         data = load_data(config, device, dist)
+        budget = None
+        if config.time_budget and resume is None:  # a resumed run keeps the planned epochs
+            config, budget = plan_budget(
+                config, device, precision, data, dist, started, epoch_batches, run.time_save
+            )
         step = build_train_step(config, device, precision, data.steps_per_epoch, dist, resume)
         progress = Progress(resume, started)
         # Rows past the checkpoint (all of them for a new run) belong to a killed process.
@@ -135,8 +142,12 @@ def train(
         if resume is not None:
             changed = {k: list(v) for k, v in resume_changes(resume.config, config).items()}
             runtime["resumed"] = {"epoch": resume.epoch, "step": resume.step, "changed": changed}
+        if budget is not None:
+            runtime["time_budget"] = budget.to_dict()
         run.write_config(config, runtime)
         if dist.is_main:
+            if budget is not None:
+                log(budget_line(budget, config.image_size))
             log(start_line(config, device, precision, data, run))
             if resume is not None:
                 log(resumed_line(runtime["resumed"]))

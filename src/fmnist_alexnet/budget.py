@@ -1,0 +1,217 @@
+"""``--time-budget``: size a new run's epochs to a wall-clock budget before it starts.
+
+A one-cycle or cosine schedule must know its length in advance, so the budget cannot simply
+stop training when time runs out (as Lightning's ``max_time`` does): the run would end at a
+high learning rate. Instead a few real training steps of a throwaway copy of the model, and a
+few evaluation batches, measure this machine's speed; the run then takes as many epochs as fit
+in the budget, at most ``--epochs``, and trains them exactly as if that count had been given.
+The global RNG is reseeded when the real model is built, so the probe changes no draw.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import math
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+import torch
+
+from fmnist_alexnet.checkpoint import Checkpoint
+from fmnist_alexnet.config import TrainConfig, replace
+from fmnist_alexnet.data.batches import DeviceData, eval_batches
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.progress import Progress
+from fmnist_alexnet.runtime import Distributed
+from fmnist_alexnet.spec import ModelSpec
+from fmnist_alexnet.step import build_train_step
+
+SAFETY = 0.95  # plan to use this share of the budget: noise takes the rest
+FINISH_S = 20.0  # kept for the process's start, the test's figures and the report
+WARMUP_STEPS = 2  # untimed: the first steps build kernels and allocate
+TIMED_STEPS = {"cpu": 5, "cuda": 20}  # the same count on every rank (DDP steps are collective)
+EVAL_BATCHES = 2  # timed after one untimed batch
+
+
+@dataclass(frozen=True)
+class Speeds:
+    """Measured seconds per training step at each training resolution, per evaluated image
+    (this rank's share) and per ``last.pt`` write, plus the warm-up steps' extra time."""
+
+    step_s: dict[int, float]
+    eval_image_s: float
+    save_s: float
+    warmup_extra_s: float
+
+
+@dataclass(frozen=True)
+class BudgetPlan:
+    budget_s: float
+    epochs: int
+    epoch_s: list[float]  # the estimate for each planned epoch, validation included
+    test_s: float  # the test, its figures and the report
+    spent_s: float  # setup and probe, before the first epoch
+    warmup_s: float  # the first steps' extra time, as the probe's warm-up steps took
+    train_images_per_sec: float  # at --image-size, all ranks together
+    eval_images_per_sec: float
+
+    @property
+    def estimate_s(self) -> float:
+        return self.spent_s + self.warmup_s + sum(self.epoch_s) + self.test_s
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "estimate_s": self.estimate_s}
+
+
+def epoch_size(config: TrainConfig, epoch: int) -> int:
+    """The training resolution of ``epoch`` (0-based): progressive resizing's early size."""
+    return config.start_size if epoch < config.start_epochs else config.image_size
+
+
+def fit_epochs(
+    config: TrainConfig,
+    speeds: Speeds,
+    spent_s: float,
+    steps_per_epoch: int,
+    val_images: int,
+    test_images: int,
+    world_size: int = 1,
+) -> BudgetPlan:
+    """As many epochs as fit in ``SAFETY`` of the budget after ``spent_s``, with the final
+    test, at most ``config.epochs``; :class:`FmnistError` when not even one fits."""
+    val_s = val_images * speeds.eval_image_s / world_size
+    test_s = test_images * speeds.eval_image_s / world_size
+    reserved = spent_s + speeds.warmup_extra_s + test_s + FINISH_S
+    available = SAFETY * config.time_budget - reserved
+    epoch_s: list[float] = []
+    for epoch in range(config.epochs):
+        cost = steps_per_epoch * speeds.step_s[epoch_size(config, epoch)] + val_s + speeds.save_s
+        if sum(epoch_s) + cost > available:
+            break
+        epoch_s.append(cost)
+    if not epoch_s:
+        first = steps_per_epoch * speeds.step_s[epoch_size(config, 0)] + val_s + speeds.save_s
+        need = (reserved + first) / SAFETY
+        raise FmnistError(
+            f"--time-budget {config.time_budget:g}s fits no epoch on this machine: setup took "
+            f"{spent_s:.0f} s and one epoch with validation and the test would take about "
+            f"{first + test_s:.0f} s more; give at least {math.ceil(need)}s, or train on less "
+            "(--limit-train, a smaller --image-size)"
+        )
+    size = config.image_size
+    batch_images = config.batch_size  # the global batch: every rank's share together
+    return BudgetPlan(
+        budget_s=config.time_budget,
+        epochs=len(epoch_s),
+        epoch_s=[round(s, 1) for s in epoch_s],
+        test_s=round(test_s + FINISH_S, 1),
+        spent_s=round(spent_s, 1),
+        warmup_s=round(speeds.warmup_extra_s, 1),
+        train_images_per_sec=round(batch_images / speeds.step_s[size], 1),
+        eval_images_per_sec=round(world_size / speeds.eval_image_s, 1),
+    )
+
+
+def plan_budget(
+    config: TrainConfig,
+    device: torch.device,
+    precision: str,
+    data,
+    dist: Distributed,
+    started: float,
+    epoch_batches: Callable,
+    save: Callable[[Checkpoint], float],
+) -> tuple[TrainConfig, BudgetPlan]:
+    """Probe this machine's speed and return ``config`` with the epochs that fit.
+    ``epoch_batches(data, config, spec, epoch, dist=dist)`` yields training's own batches;
+    ``save(checkpoint)`` writes one as each epoch will and returns the seconds it took."""
+    evaluated = data.val if len(data.val) else data.train
+    speeds = probe(config, device, precision, data.train, evaluated, dist, epoch_batches, save)
+    gc.collect()  # the probe's model and optimizer go before the real ones are built
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    plan = fit_epochs(
+        config,
+        speeds,
+        spent_s=time.perf_counter() - started,
+        steps_per_epoch=data.steps_per_epoch,
+        val_images=len(data.val),
+        test_images=len(data.test),
+        world_size=dist.world_size,
+    )
+    return replace(config, {"epochs": plan.epochs}), plan
+
+
+def probe(
+    config: TrainConfig,
+    device: torch.device,
+    precision: str,
+    train: DeviceData,
+    evaluated: DeviceData,
+    dist: Distributed,
+    epoch_batches: Callable,
+    save: Callable[[Checkpoint], float],
+) -> Speeds:
+    """Time real steps of a throwaway model on the run's own batches, then free it. Every
+    rank reports the mean over ranks, so all of them plan the same epochs."""
+    spec = ModelSpec.from_config(config)
+    step = build_train_step(config, device, precision, steps_per_epoch=1, dist=dist)
+    timed = TIMED_STEPS.get(device.type, TIMED_STEPS["cpu"])
+    step_s, warmup_extra = {}, 0.0
+    for size in sorted({epoch_size(config, e) for e in range(config.epochs)}):
+        sized = replace(config, {"image_size": size, "start_epochs": 0, "start_size": 0})
+        batches = itertools.chain.from_iterable(
+            epoch_batches(train, sized, ModelSpec.from_config(sized), epoch, dist=dist)
+            for epoch in itertools.count()
+        )
+        warm = _steps_s(step, batches, WARMUP_STEPS, device)
+        step_s[size] = _steps_s(step, batches, timed, device) / timed
+        warmup_extra += max(0.0, warm - WARMUP_STEPS * step_s[size])
+    eval_image_s = _eval_image_s(step, evaluated, spec, config, device)
+    save_s = save(step.checkpoint(config, Progress())) if dist.is_main else 0.0  # rank 0 saves
+    measured = [*step_s.values(), eval_image_s, warmup_extra]
+    means = dist.all_reduce_sum(torch.tensor(measured, dtype=torch.float64)) / dist.world_size
+    save_s = dist.all_reduce_sum(torch.tensor([save_s], dtype=torch.float64)).item()
+    *steps, eval_image_s, warmup_extra = means.tolist()
+    return Speeds(dict(zip(step_s, steps, strict=True)), eval_image_s, save_s, warmup_extra)
+
+
+@torch.no_grad()
+def _eval_image_s(step, data: DeviceData, spec: ModelSpec, config: TrainConfig, device) -> float:
+    """Seconds per image of validation's forward pass, timed after one untimed batch (on
+    that batch again when the data holds only one)."""
+    step.model.eval()
+    batches = list(
+        eval_batches(
+            data.head(config.eval_batch_size * (EVAL_BATCHES + 1)),
+            config.eval_batch_size,
+            spec.preprocess(),
+            channels_last=config.channels_last,
+        )
+    )
+    timed = batches[1:] or batches
+
+    def forward(batch) -> None:
+        with step.amp:
+            step.model(batch[0]).argmax(1)
+
+    forward(batches[0])
+    seconds = _time(device, lambda: [forward(batch) for batch in timed])
+    step.model.train()
+    return seconds / sum(len(batch[1]) for batch in timed)
+
+
+def _steps_s(step, batches, count: int, device: torch.device) -> float:
+    return _time(device, lambda: [step(*next(batches)) for _ in range(count)])
+
+
+def _time(device: torch.device, fn) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    started = time.perf_counter()
+    fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - started

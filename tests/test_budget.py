@@ -1,0 +1,61 @@
+"""--time-budget: the duration flag and the arithmetic that sizes a run to it."""
+
+import argparse
+
+import pytest
+
+from fmnist_alexnet.argtypes import duration
+from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs
+from fmnist_alexnet.config import resolve
+from fmnist_alexnet.errors import FmnistError
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("2.5h", 9000),
+     ("30m10s", 1810), (" 1H 30M ", 5400), (".5h", 1800), ("0", 0)],
+)  # fmt: skip
+def test_durations_parse_with_their_units(text, seconds):
+    assert duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "m", "1x", "1h30", "1m1h", "-5m", "-1", "inf", "nan"])
+def test_durations_refuse_the_rest(text):
+    with pytest.raises(argparse.ArgumentTypeError):
+        duration(text)
+
+
+# 50 steps of 1 s, 5,000 validation and 10,000 test images at 1 ms, a 2 s save per epoch.
+SPEEDS = Speeds({128: 1.0, 96: 0.5}, eval_image_s=0.001, save_s=2.0, warmup_extra_s=3.0)
+SIZES = dict(steps_per_epoch=50, val_images=5000, test_images=10000)
+
+
+def test_as_many_epochs_as_fit_in_the_budget():
+    config = resolve("hour", {"time_budget": 600.0})
+    plan = fit_epochs(config, SPEEDS, spent_s=30.0, **SIZES)
+    # 0.95 * 600 = 570 s, less 30 spent, 3 warm-up, 10 test and 20 for the report: 507 s,
+    # and an epoch is 50 s of steps + 5 s of validation + 2 s of saving = 57 s: 8 fit.
+    assert SAFETY == 0.95 and FINISH_S == 20
+    assert plan.epochs == 8 and plan.epoch_s == [57.0] * 8
+    assert plan.estimate_s == pytest.approx(30 + 3 + 8 * 57 + 10 + 20)
+    assert plan.estimate_s <= SAFETY * 600
+    assert (plan.train_images_per_sec, plan.eval_images_per_sec) == (128.0, 1000.0)
+
+
+def test_epochs_stay_at_most_the_given_count():
+    config = resolve("hour", {"time_budget": 3600.0, "epochs": 5})
+    assert fit_epochs(config, SPEEDS, spent_s=30.0, **SIZES).epochs == 5
+
+
+def test_ranks_share_evaluation_and_early_epochs_cost_their_own_size():
+    config = resolve("hour", {"time_budget": 600.0, "start_size": 96, "start_epochs": 2})
+    plan = fit_epochs(config, SPEEDS, spent_s=30.0, world_size=2, **SIZES)
+    # validation 2.5 s and test 5 s per rank; 96 px epochs 25 + 2.5 + 2 s, then 54.5 s
+    assert plan.epoch_s[:3] == [29.5, 29.5, 54.5]
+    assert plan.epochs == 2 + int((0.95 * 600 - 30 - 3 - 5 - 20 - 59) // 54.5)
+
+
+def test_a_budget_that_fits_no_epoch_says_what_would():
+    config = resolve("hour", {"time_budget": 60.0})  # (30 + 3 + 10 + 20 + 57) / 0.95 = 126.3
+    with pytest.raises(FmnistError, match=r"fits no epoch .* give at least 127s"):
+        fit_epochs(config, SPEEDS, spent_s=30.0, **SIZES)
