@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from fmnist_alexnet.argtypes import duration
-from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs
+from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs, replan, replannable
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
 
@@ -59,3 +59,28 @@ def test_a_budget_that_fits_no_epoch_says_what_would():
     config = resolve("hour", {"time_budget": 60.0})  # (30 + 3 + 10 + 20 + 57) / 0.95 = 126.3
     with pytest.raises(FmnistError, match=r"fits no epoch .* give at least 127s"):
         fit_epochs(config, SPEEDS, spent_s=30.0, **SIZES)
+
+
+def test_the_first_epoch_rescales_the_rest():
+    plan = fit_epochs(resolve("hour", {"time_budget": 600.0}), SPEEDS, spent_s=30.0, **SIZES)
+    # The first epoch took 114 s, twice the 57 s estimated, ending at 144 s: the rest cost
+    # 114 s each and the test 20 s; 570 - 144 - 20 - 20 = 386 s fit 3 more.
+    slower = replan(plan, elapsed_s=144.0, first_epoch_s=114.0)
+    assert (slower.epochs, slower.replanned["factor"], slower.test_s) == (4, 2.0, 20.0)
+    assert slower.estimate_s == pytest.approx(144 + 3 * 114 + 20 + 20)
+    # Half as long: 28.5 s each after ending at 58.5 s; 570 - 58.5 - 5 - 20 = 486.5 s fit
+    # 17 more of the 39 that the cap of 40 allows.
+    faster = replan(plan, elapsed_s=58.5, first_epoch_s=28.5)
+    assert faster.epochs == 18 and faster.replanned["epochs_before"] == 8
+    # A first epoch that used up the budget leaves just itself.
+    assert replan(plan, elapsed_s=700.0, first_epoch_s=600.0).epochs == 1
+
+
+@pytest.mark.parametrize(
+    ("schedule", "warmup_epochs", "expected"),
+    [("constant", 0.0, True), ("onecycle", 1.0, True), ("cosine", 2.0, True),
+     ("onecycle", 0.3, False), ("onecycle", 0.0, False), ("cosine", 0.0, False)],
+)  # fmt: skip
+def test_only_a_first_epoch_that_ignores_the_total_is_replanned(schedule, warmup_epochs, expected):
+    config = resolve("hour", {"schedule": schedule, "warmup_epochs": warmup_epochs})
+    assert replannable(config, steps_per_epoch=429) is expected

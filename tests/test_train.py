@@ -176,18 +176,45 @@ def test_a_budgeted_run_trains_exactly_as_the_count_it_chose(straight_run, tmp_p
     assert not (tmp_path / "checkpoints" / "time-budget-probe.pt").exists()
 
 
+# A probe that says 8 steps of 12 s: about 100 s an epoch, so a budget of 200 s (190
+# planned, 20 kept for the report) fits one epoch.
+SLOW = budget.Speeds({63: 12.0}, eval_image_s=0.001, save_s=1.0, warmup_extra_s=0.0)
+
+
 def test_a_budget_cuts_the_epochs_and_a_resumed_run_keeps_the_cut(tmp_path, monkeypatch):
+    """quick's first epoch anneals by the total, so the probe's count stands."""
     lines = []
-    # 8 steps of 12 s: about 100 s an epoch, so 200 s (190 planned, 20 kept for the report)
-    # fit one of the three epochs asked for.
-    slow = budget.Speeds({63: 12.0}, eval_image_s=0.001, save_s=1.0, warmup_extra_s=0.0)
-    monkeypatch.setattr(budget, "probe", lambda *args: slow)
+    monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
     result = train(tiny_config(tmp_path, epochs=3, time_budget=200.0), log=lines.append)
     assert len(result.history) == 1 and result.test is not None
     assert lines[0].startswith("time budget 200 s: 1 epoch fit, about 97 s each")
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config.epochs == 1
-    with pytest.raises(RunComplete):  # the same command again: nothing left to do
-        plan_run(None, {"out": str(tmp_path), "time_budget": 200.0}, "auto")
+    again = {"out": str(tmp_path), "time_budget": 200.0, "epochs": 3}
+    with pytest.raises(RunComplete):  # the same command requeued: its cap is set aside
+        plan_run(None, again, "auto")
+    last = str(tmp_path / "checkpoints" / "last.pt")
+    with pytest.raises(FmnistError, match="planned 1 epoch to its --time-budget of 200s"):
+        plan_run(None, {"epochs": 3}, last)
+    with pytest.raises(FmnistError, match="only --time-budget 0"):
+        plan_run(None, {"time_budget": 900.0}, last)
+    config, _ = plan_run(None, {"epochs": 3, "time_budget": 0.0}, last)
+    assert (config.epochs, config.time_budget) == (3, 0.0)
+
+
+def test_a_first_epoch_faster_than_the_probe_said_lets_more_epochs_in(
+    straight_run, tmp_path, monkeypatch
+):
+    """With a first epoch whose rates do not depend on the total, the count is planned
+    again from what that epoch took; the run is still exactly the plain run of that count."""
+    lines = []
+    monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
+    train(tiny_config(tmp_path, time_budget=200.0, **SCHEDULE), log=lines.append)
+    assert lines[0].startswith("time budget 200 s: 1 epoch fit")
+    replanned = [line for line in lines if line.startswith("time budget: epoch 1 took")]
+    assert len(replanned) == 1 and "2 epochs fit now (planned 1)" in replanned[0]
+    assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["factor"] < 1
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

@@ -10,12 +10,13 @@ The global RNG is reseeded when the real model is built, so the probe changes no
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import itertools
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import torch
 
@@ -50,19 +51,24 @@ class Speeds:
 class BudgetPlan:
     budget_s: float
     epochs: int
-    epoch_s: list[float]  # the estimate for each planned epoch, validation included
-    test_s: float  # the test, its figures and the report
+    epoch_s: list[float]  # the estimate for each planned epoch: steps, validation, save
+    test_s: float
     spent_s: float  # setup and probe, before the first epoch
     warmup_s: float  # the first steps' extra time, as the probe's warm-up steps took
     train_images_per_sec: float  # at --image-size, all ranks together
     eval_images_per_sec: float
+    save_s: float = 0.0  # one last.pt write, part of each epoch's estimate
+    finish_s: float = FINISH_S
+    replanned: dict | None = None  # after the first epoch: what it took, what changed
+    costs: list[float] = field(default_factory=list, repr=False)  # every epoch to the cap
 
     @property
     def estimate_s(self) -> float:
-        return self.spent_s + self.warmup_s + sum(self.epoch_s) + self.test_s
+        return self.spent_s + self.warmup_s + sum(self.epoch_s) + self.test_s + self.finish_s
 
     def to_dict(self) -> dict:
-        return {**asdict(self), "estimate_s": self.estimate_s}
+        values = {k: v for k, v in asdict(self).items() if k != "costs"}
+        return {**values, "estimate_s": round(self.estimate_s, 1)}
 
 
 def epoch_size(config: TrainConfig, epoch: int) -> int:
@@ -84,33 +90,76 @@ def fit_epochs(
     val_s = val_images * speeds.eval_image_s / world_size
     test_s = test_images * speeds.eval_image_s / world_size
     reserved = spent_s + speeds.warmup_extra_s + test_s + FINISH_S
-    available = SAFETY * config.time_budget - reserved
-    epoch_s: list[float] = []
-    for epoch in range(config.epochs):
-        cost = steps_per_epoch * speeds.step_s[epoch_size(config, epoch)] + val_s + speeds.save_s
-        if sum(epoch_s) + cost > available:
-            break
-        epoch_s.append(cost)
-    if not epoch_s:
-        first = steps_per_epoch * speeds.step_s[epoch_size(config, 0)] + val_s + speeds.save_s
-        need = (reserved + first) / SAFETY
+    costs = [
+        steps_per_epoch * speeds.step_s[epoch_size(config, epoch)] + val_s + speeds.save_s
+        for epoch in range(config.epochs)
+    ]
+    epochs = _fitting(costs, SAFETY * config.time_budget - reserved)
+    if not epochs:
+        need = (reserved + costs[0]) / SAFETY
         raise FmnistError(
             f"--time-budget {config.time_budget:g}s fits no epoch on this machine: setup took "
             f"{spent_s:.0f} s and one epoch with validation and the test would take about "
-            f"{first + test_s:.0f} s more; give at least {math.ceil(need)}s, or train on less "
+            f"{costs[0] + test_s:.0f} s more; give at least {math.ceil(need)}s, or train on less "
             "(--limit-train, a smaller --image-size)"
         )
     size = config.image_size
     batch_images = config.batch_size  # the global batch: every rank's share together
     return BudgetPlan(
         budget_s=config.time_budget,
-        epochs=len(epoch_s),
-        epoch_s=[round(s, 1) for s in epoch_s],
-        test_s=round(test_s + FINISH_S, 1),
+        epochs=epochs,
+        epoch_s=[round(cost, 1) for cost in costs[:epochs]],
+        test_s=round(test_s, 1),
         spent_s=round(spent_s, 1),
         warmup_s=round(speeds.warmup_extra_s, 1),
         train_images_per_sec=round(batch_images / speeds.step_s[size], 1),
         eval_images_per_sec=round(world_size / speeds.eval_image_s, 1),
+        save_s=round(speeds.save_s, 1),
+        costs=costs,
+    )
+
+
+def _fitting(costs: list[float], available: float) -> int:
+    """How many of ``costs``, taken in order, fit in ``available`` seconds."""
+    total = 0.0
+    for count, cost in enumerate(costs):
+        total += cost
+        if total > available:
+            return count
+    return len(costs)
+
+
+def replannable(config: TrainConfig, steps_per_epoch: int) -> bool:
+    """Whether the first epoch's learning rates are the same whatever the total: then the
+    count can change after it and the run is still exactly the run of the new count."""
+    if config.schedule == "constant":
+        return True
+    return config.warmup_epochs > 0 and round(config.warmup_epochs * steps_per_epoch) >= (
+        steps_per_epoch
+    )
+
+
+def replan(plan: BudgetPlan, elapsed_s: float, first_epoch_s: float) -> BudgetPlan:
+    """The plan again once the first epoch has run: every estimate scaled by what that epoch
+    really took (``first_epoch_s``, its save included) against the probe's estimate, and as
+    many epochs as then fit after ``elapsed_s`` (the time at its end), at least the one."""
+    factor = first_epoch_s / plan.costs[0]
+    later = [cost * factor for cost in plan.costs[1:]]
+    available = SAFETY * plan.budget_s - elapsed_s - plan.test_s * factor - plan.finish_s
+    epochs = 1 + _fitting(later, available)
+    return dataclasses.replace(
+        plan,
+        epochs=epochs,
+        epoch_s=[round(first_epoch_s, 1)] + [round(cost, 1) for cost in later[: epochs - 1]],
+        test_s=round(plan.test_s * factor, 1),
+        warmup_s=0.0,  # inside the first epoch's measured time now
+        spent_s=round(elapsed_s - first_epoch_s, 1),
+        replanned={
+            "first_epoch_s": round(first_epoch_s, 1),
+            "estimated_s": plan.costs[0],
+            "factor": round(factor, 3),
+            "epochs_before": plan.epochs,
+        },
     )
 
 

@@ -26,6 +26,17 @@ def budget_line(plan, image_size: int) -> str:
     )
 
 
+def replan_line(plan) -> str:
+    """What the first epoch of a ``--time-budget`` run changed."""
+    again = plan.replanned
+    return (
+        f"time budget: epoch 1 took {again['first_epoch_s']:.0f} s against "
+        f"{again['estimated_s']:.0f} s estimated; {plan.epochs} "
+        f"epoch{'s' * (plan.epochs != 1)} fit now (planned {again['epochs_before']}), "
+        f"{plan.estimate_s:.0f} s in all"
+    )
+
+
 def resumed_line(resumed: dict) -> str:
     changed = [
         f"{name} {old} -> {new}"

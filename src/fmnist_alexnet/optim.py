@@ -50,11 +50,26 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
 def build_scheduler(
     optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
 ) -> torch.optim.lr_scheduler.LambdaLR:
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor(config, steps_per_epoch))
+
+
+def _factor(config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     warmup = round(config.warmup_epochs * steps_per_epoch)
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, total, warmup, config.schedule)
-    )
+    return lambda step: lr_factor(step, total, warmup, config.schedule)
+
+
+def retarget_schedule(
+    scheduler: torch.optim.lr_scheduler.LambdaLR, config: TrainConfig, steps_per_epoch: int
+) -> None:
+    """The schedule of ``config.epochs`` from here on, the next step's rate included (a
+    ``--time-budget`` run whose count changed after its first epoch)."""
+    factor = _factor(config, steps_per_epoch)
+    groups = scheduler.optimizer.param_groups
+    scheduler.lr_lambdas = [factor] * len(groups)
+    for group, base in zip(groups, scheduler.base_lrs, strict=True):
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler._last_lr = [group["lr"] for group in groups]
 
 
 def apply_resumed_settings(

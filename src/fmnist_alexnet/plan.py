@@ -45,6 +45,7 @@ RESUME_APPLIES = frozenset(
         "tensorboard",
         "early_stop",
         "min_delta",
+        "time_budget",  # only to 0: the planned epochs stop binding, --epochs applies
     }
 )
 
@@ -89,6 +90,7 @@ def plan_run(
             f"--preset {preset} differs from the checkpoint's {saved.preset} ({path})"
         )
     settings = {**settings, "out": settings.get("out") or str(path.parent.parent)}
+    settings = keep_planned_epochs(saved, settings, path, requeued=resume == "auto")
     check_resume_changes(saved, settings, path)
     config = replace(saved, settings)
     if checkpoint.epoch >= config.epochs and resume == "auto":
@@ -102,6 +104,22 @@ def plan_run(
             f"pass --epochs N with N > {checkpoint.epoch} to train further"
         )
     return config, checkpoint
+
+
+def keep_planned_epochs(saved: TrainConfig, settings: dict, path: Path, requeued: bool) -> dict:
+    """A run sized by ``--time-budget`` keeps the epochs it planned. The same command
+    requeued (``--resume auto``) may repeat its ``--epochs`` cap: it is set aside. Any other
+    ``--epochs`` needs ``--time-budget 0``, which lifts the plan."""
+    budget = settings.get("time_budget", saved.time_budget)
+    if not saved.time_budget or not budget or settings.get("epochs") in (None, saved.epochs):
+        return settings
+    if requeued:
+        return {k: v for k, v in settings.items() if k != "epochs"}
+    raise FmnistError(
+        f"--epochs {settings['epochs']}: {path} planned {saved.epochs} "
+        f"epoch{'s' * (saved.epochs != 1)} to its "
+        f"--time-budget of {saved.time_budget:g}s; add --time-budget 0 to train it further"
+    )
 
 
 def resume_changes(saved: TrainConfig, config: TrainConfig) -> dict[str, tuple]:
@@ -122,6 +140,11 @@ def check_resume_changes(saved: TrainConfig, settings: dict, path: Path) -> None
             raise FmnistError(
                 f"{flag} {new} differs from the checkpoint's {old} ({path}): a resumed run "
                 "cannot change it; start a new run (another --out) to train with it"
+            )
+        if name == "time_budget" and new:
+            raise FmnistError(
+                f"--time-budget {new:g}: a resumed run keeps the epochs its start planned; "
+                "only --time-budget 0 (lift the plan, then --epochs applies) can change it"
             )
         if name == "ema" and (old > 0) != (new > 0):
             state = "with" if old else "without"

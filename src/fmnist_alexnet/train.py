@@ -16,8 +16,8 @@ import torch
 from tqdm import tqdm
 
 from fmnist_alexnet import checkpoint as ckpt
-from fmnist_alexnet.budget import plan_budget
-from fmnist_alexnet.config import TrainConfig
+from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replannable
+from fmnist_alexnet.config import TrainConfig, replace
 from fmnist_alexnet.data.batches import (
     Augment,
     DeviceData,
@@ -33,10 +33,12 @@ from fmnist_alexnet.messages import (
     budget_line,
     diverged_line,
     epoch_line,
+    replan_line,
     resumed_line,
     start_line,
 )
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
+from fmnist_alexnet.optim import retarget_schedule
 from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.recipe import NOT_RECIPE
@@ -98,6 +100,8 @@ class Session:
     monitor: StepMonitor
     dist: Distributed
     log: Callable[[str], None]
+    runtime: dict = field(default_factory=dict)  # config.json's "runtime"
+    budget: BudgetPlan | None = None  # a new run sized by --time-budget
     saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
@@ -159,7 +163,9 @@ def train(
         )
         monitor = StepMonitor(tracker, config.log_every, dist)
         spec = ModelSpec.from_config(config)
-        session = Session(config, spec, data, step, run, progress, monitor, dist, log)
+        session = Session(
+            config, spec, data, step, run, progress, monitor, dist, log, runtime, budget
+        )
         if resume is not None and (run.checkpoints / "last.pt").is_file():
             session.saved_epoch = resume.epoch
             if resume.best_epoch == resume.epoch and resume.epoch > 0:
@@ -189,10 +195,11 @@ def train(
 
 def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
     """Epochs of training, validation and checkpoints; why training ended early, if it did."""
-    config, progress = s.config, s.progress
+    progress = s.progress
     with StopOnSigint() as sigint:
         stop = stop_condition(sigint, should_stop)
-        for epoch in range(progress.epoch, config.epochs):
+        while progress.epoch < s.config.epochs:  # a time budget may change the count
+            epoch, config, started = progress.epoch, s.config, time.perf_counter()
             stopped = early_stop_reason(progress, config.early_stop, config.min_delta)
             if stopped:  # a resumed run that had already stopped early
                 return stopped
@@ -204,6 +211,8 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
                     f"resume with: fmnist-alexnet train --resume {last}"
                 )
             val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
+            if s.budget is not None and epoch == 0:
+                config = replan_budget(s, time.perf_counter() - started)
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
             row = _epoch_row(progress, trained, val, s.step.lr)
@@ -224,6 +233,27 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             if stopped:
                 return stopped
     return None
+
+
+def replan_budget(s: Session, first_epoch_s: float) -> TrainConfig:
+    """After a budgeted run's first epoch (its checkpoint not yet written), the epochs that
+    fit by what that epoch really took; the run's config from here on. Only where the first
+    epoch's learning rates do not depend on the count (``budget.replannable``), so the run
+    stays exactly the run of its final count."""
+    if not replannable(s.config, s.data.steps_per_epoch):
+        return s.config
+    save_s = s.budget.save_s
+    measured = torch.tensor([s.progress.elapsed_s() + save_s, first_epoch_s + save_s])
+    elapsed, first = (s.dist.all_reduce_sum(measured.double()) / s.dist.world_size).tolist()
+    s.budget = replan(s.budget, elapsed, first)  # every rank plans from the same figures
+    if s.budget.epochs != s.config.epochs:
+        s.config = replace(s.config, {"epochs": s.budget.epochs})
+        retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
+    s.runtime["time_budget"] = s.budget.to_dict()
+    s.run.write_config(s.config, s.runtime)
+    if s.dist.is_main:
+        s.log(replan_line(s.budget))
+    return s.config
 
 
 def check_finite(s: Session) -> None:
