@@ -34,8 +34,14 @@ DETERMINISTIC = [
     "0.9",
     "--schedule",
     "cosine",
+    "--warmup-epochs",
+    "1",
     "--epochs",
     "2",
+    # The budget's probe, checkpoint write and plan after epoch 1 run on every rank: they
+    # must agree (or the ranks' collectives would hang) and change no draw.
+    "--time-budget",
+    "1h",
     "--limit-train",
     "128",
     "--no-report",
@@ -93,6 +99,8 @@ def test_only_rank_zero_writes_one_metrics_line_per_epoch(runs):
     assert [row["epoch"] for row in rows] == [1, 2]
     config = json.loads((root / "ddp/config.json").read_text())
     assert config["runtime"]["world_size"] == 2
+    assert config["epochs"] == config["runtime"]["time_budget"]["replanned"]["epochs_before"] == 2
+    assert double.stdout.count("time budget: epoch 1 took") == 1
     # Validation and test metrics are all-reduced: they equal the single process's.
     single_rows = [json.loads(x) for x in (root / "single/metrics.jsonl").read_text().splitlines()]
     assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in single_rows]

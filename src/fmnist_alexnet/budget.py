@@ -30,7 +30,7 @@ from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import build_train_step
 
 SAFETY = 0.95  # plan to use this share of the budget: noise takes the rest
-FINISH_S = 20.0  # kept for the process's start, the test's figures and the report
+FINISH_S = 20.0  # kept for the process's start, loading best.pt again and the figures
 WARMUP_STEPS = 2  # untimed: the first steps build kernels and allocate
 TIMED_STEPS = {"cpu": 5, "cuda": 20}  # the same count on every rank (DDP steps are collective)
 EVAL_BATCHES = 2  # timed after one untimed batch
@@ -52,7 +52,8 @@ class BudgetPlan:
     budget_s: float
     epochs: int
     epoch_s: list[float]  # the estimate for each planned epoch: steps, validation, save
-    test_s: float
+    test_s: float  # the final test's pass over the test set
+    report_s: float  # the report's own pass over it (after `train`, unless --no-report)
     spent_s: float  # setup and probe, before the first epoch
     warmup_s: float  # the first steps' extra time, as the probe's warm-up steps took
     train_images_per_sec: float  # at --image-size, all ranks together
@@ -64,7 +65,8 @@ class BudgetPlan:
 
     @property
     def estimate_s(self) -> float:
-        return self.spent_s + self.warmup_s + sum(self.epoch_s) + self.test_s + self.finish_s
+        after = self.test_s + self.report_s + self.finish_s
+        return self.spent_s + self.warmup_s + sum(self.epoch_s) + after
 
     def to_dict(self) -> dict:
         values = {k: v for k, v in asdict(self).items() if k != "costs"}
@@ -89,7 +91,7 @@ def fit_epochs(
     test, at most ``config.epochs``; :class:`FmnistError` when not even one fits."""
     val_s = val_images * speeds.eval_image_s / world_size
     test_s = test_images * speeds.eval_image_s / world_size
-    reserved = spent_s + speeds.warmup_extra_s + test_s + FINISH_S
+    reserved = spent_s + speeds.warmup_extra_s + 2 * test_s + FINISH_S
     costs = [
         steps_per_epoch * speeds.step_s[epoch_size(config, epoch)] + val_s + speeds.save_s
         for epoch in range(config.epochs)
@@ -110,6 +112,7 @@ def fit_epochs(
         epochs=epochs,
         epoch_s=[round(cost, 1) for cost in costs[:epochs]],
         test_s=round(test_s, 1),
+        report_s=round(test_s, 1),
         spent_s=round(spent_s, 1),
         warmup_s=round(speeds.warmup_extra_s, 1),
         train_images_per_sec=round(batch_images / speeds.step_s[size], 1),
@@ -145,18 +148,20 @@ def replan(plan: BudgetPlan, elapsed_s: float, first_epoch_s: float) -> BudgetPl
     many epochs as then fit after ``elapsed_s`` (the time at its end), at least the one."""
     factor = first_epoch_s / plan.costs[0]
     later = [cost * factor for cost in plan.costs[1:]]
-    available = SAFETY * plan.budget_s - elapsed_s - plan.test_s * factor - plan.finish_s
+    after = (plan.test_s + plan.report_s) * factor + plan.finish_s
+    available = SAFETY * plan.budget_s - elapsed_s - after
     epochs = 1 + _fitting(later, available)
     return dataclasses.replace(
         plan,
         epochs=epochs,
         epoch_s=[round(first_epoch_s, 1)] + [round(cost, 1) for cost in later[: epochs - 1]],
         test_s=round(plan.test_s * factor, 1),
+        report_s=round(plan.report_s * factor, 1),
         warmup_s=0.0,  # inside the first epoch's measured time now
         spent_s=round(elapsed_s - first_epoch_s, 1),
         replanned={
             "first_epoch_s": round(first_epoch_s, 1),
-            "estimated_s": plan.costs[0],
+            "estimated_s": round(plan.costs[0], 1),
             "factor": round(factor, 3),
             "epochs_before": plan.epochs,
         },

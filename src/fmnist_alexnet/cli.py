@@ -381,7 +381,8 @@ def _add_tune(commands) -> None:
     tune.add_argument(
         "--sampler-seed", type=integer(0, 2**32 - 1), help="seed of the sampler (reproducible)"
     )
-    add_train_flags(tune, [f.name for f in dataclasses.fields(TrainConfig) if f.name != "out"])
+    trial_flags = [f.name for f in dataclasses.fields(TrainConfig)]
+    add_train_flags(tune, [name for name in trial_flags if name not in ("out", "time_budget")])
 
 
 def main(argv: list[str] | None = None) -> int:

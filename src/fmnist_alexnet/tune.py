@@ -75,6 +75,11 @@ def check_space(space: dict, where: str) -> None:
             raise FmnistError(f"{where}: [{name}] needs low < high")
 
 
+# Trials are compared at equal epochs: under a time budget (the hour preset's) each would
+# train the epochs its own measured speed allowed. tune has --timeout for the whole study.
+UNBUDGETED = {"time_budget": 0.0}
+
+
 def tune(
     preset: str,
     fixed: dict,
@@ -89,7 +94,7 @@ def tune(
         raise FmnistError(f"--trials must be > 0, got {settings.trials}")
     if not space:
         raise FmnistError("nothing to search: every setting of the space is fixed by a flag")
-    base = resolve(preset, {**fixed, "out": str(settings.out / "trials" / "check")})
+    base = resolve(preset, {**fixed, **UNBUDGETED, "out": str(settings.out / "trials" / "check")})
     if not base.val_size:
         raise FmnistError("tune selects on validation accuracy: it needs --val-size > 0")
     if fixed.keys() & settings.space.keys():
@@ -127,7 +132,7 @@ class _Objective:
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
         run_dir = self.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("out", str(run_dir))
-        settings = {"progress": False, **self.fixed, **params, "out": str(run_dir)}
+        settings = {"progress": False, **self.fixed, **params, **UNBUDGETED, "out": str(run_dir)}
         try:
             config = resolve(self.preset, settings)
         except FmnistError as exc:  # e.g. a sampled size this architecture cannot take
