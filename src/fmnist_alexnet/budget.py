@@ -1,11 +1,14 @@
-"""``--time-budget``: size a new run's epochs to a wall-clock budget before it starts.
+"""``--time-budget``: size a new run's epochs to a wall-clock budget.
 
 A one-cycle or cosine schedule must know its length in advance, so the budget cannot simply
 stop training when time runs out (as Lightning's ``max_time`` does): the run would end at a
-high learning rate. Instead a few real training steps of a throwaway copy of the model, and a
-few evaluation batches, measure this machine's speed; the run then takes as many epochs as fit
-in the budget, at most ``--epochs``, and trains them exactly as if that count had been given.
-The global RNG is reseeded when the real model is built, so the probe changes no draw.
+high learning rate. Instead a few real training steps of a throwaway copy of the model, a
+few evaluation batches and one checkpoint write measure this machine's speed; the run then
+takes as many epochs as fit in the budget, at most ``--epochs``, and trains them exactly as
+if that count had been given. The global RNG is reseeded when the real model is built, so
+the probe changes no draw. Where the first epoch's learning rates do not depend on the
+total (:func:`replannable`), the count is planned again after that epoch from its real
+duration (:func:`replan`), since a few timed steps on a shared machine can be well off.
 """
 
 from __future__ import annotations

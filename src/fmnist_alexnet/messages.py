@@ -10,7 +10,8 @@ def start_line(config, device, precision, data, run) -> str:
     return (
         f"training {config.arch} ({config.preset} preset) on {device} in {precision}, "
         f"{sizes}, {len(data.train)} train / {len(data.val)} val images, "
-        f"{config.epochs} epochs of {data.steps_per_epoch} steps -> {run.path}"
+        f"{config.epochs} epoch{'s' * (config.epochs != 1)} of {data.steps_per_epoch} steps "
+        f"-> {run.path}"
     )
 
 
