@@ -41,6 +41,7 @@ from fmnist_alexnet.runtime import (
     configure_backends,
     resolve_device,
     resolve_precision,
+    synchronize,
 )
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import TrainStep, build_train_step
@@ -248,11 +249,11 @@ def _window_rates(runners, images, steps, windows, warmup, device) -> dict[str, 
     for _ in range(windows):
         for name, runner in runners.items():
             runner.start()
-            _sync(device)
+            synchronize(device)
             started = time.perf_counter()
             for _ in range(steps):
                 runner.step()
-            _sync(device)
+            synchronize(device)
             rates[name].append(images / (time.perf_counter() - started))
             runner.stop()
     return rates
@@ -264,14 +265,14 @@ def _eval_rate(step: TrainStep, data, spec: ModelSpec, config: TrainConfig, wind
     preprocess = spec.preprocess()
     rates = []
     for _ in range(windows + 1):  # the first pass is warm-up
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         for inputs, _labels in eval_batches(
             data, config.eval_batch_size, preprocess, channels_last=config.channels_last
         ):
             with step.amp:
                 step.step_model(inputs).argmax(1)
-        _sync(device)
+        synchronize(device)
         rates.append(len(data) / (time.perf_counter() - started))
     step.model.train()
     return statistics.median(rates[1:])
@@ -283,10 +284,10 @@ def _profile(trainer: TrainStep, batches, steps, device) -> dict[str, float]:
     phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
 
     def timed(name, fn, *args):
-        _sync(device)
+        synchronize(device)
         started = time.perf_counter()
         out = fn(*args)
-        _sync(device)
+        synchronize(device)
         phases[name].append(1000 * (time.perf_counter() - started))
         return out
 
@@ -302,8 +303,3 @@ def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)

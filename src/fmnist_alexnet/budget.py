@@ -24,11 +24,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from fmnist_alexnet.checkpoint import Checkpoint
-from fmnist_alexnet.config import TrainConfig, replace
+from fmnist_alexnet.config import TrainConfig, epoch_size, replace
 from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.progress import Progress
-from fmnist_alexnet.runtime import Distributed
+from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import build_train_step
 
@@ -74,11 +74,6 @@ class BudgetPlan:
     def to_dict(self) -> dict:
         values = {k: v for k, v in asdict(self).items() if k != "costs"}
         return {**values, "estimate_s": round(self.estimate_s, 1)}
-
-
-def epoch_size(config: TrainConfig, epoch: int) -> int:
-    """The training resolution of ``epoch`` (0-based): progressive resizing's early size."""
-    return config.start_size if epoch < config.start_epochs else config.image_size
 
 
 def fit_epochs(
@@ -265,10 +260,8 @@ def _steps_s(step, batches, count: int, device: torch.device) -> float:
 
 
 def _time(device: torch.device, fn) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     started = time.perf_counter()
     fn()
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+    synchronize(device)
     return time.perf_counter() - started

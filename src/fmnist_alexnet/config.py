@@ -165,6 +165,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def epoch_size(config: TrainConfig, epoch: int) -> int:
+    """The training resolution of ``epoch`` (0-based): progressive resizing's early size."""
+    return config.start_size if epoch < config.start_epochs else config.image_size
+
+
 def resolve(preset: str, overrides: dict) -> TrainConfig:
     """The preset's values over the defaults, then every explicitly given flag over those."""
     if preset not in PRESETS:

@@ -64,10 +64,15 @@ def retarget_schedule(
 ) -> None:
     """The schedule of ``config.epochs`` from here on, the next step's rate included (a
     ``--time-budget`` run whose count changed after its first epoch)."""
-    factor = _factor(config, steps_per_epoch)
+    scheduler.lr_lambdas = [_factor(config, steps_per_epoch)] * len(scheduler.base_lrs)
+    _set_current_rates(scheduler)
+
+
+def _set_current_rates(scheduler: torch.optim.lr_scheduler.LambdaLR) -> None:
+    """Each group's rate at the schedule's position, from its (possibly new) base rates and
+    lambdas: what the next step uses."""
     groups = scheduler.optimizer.param_groups
-    scheduler.lr_lambdas = [factor] * len(groups)
-    for group, base in zip(groups, scheduler.base_lrs, strict=True):
+    for group, base, factor in zip(groups, scheduler.base_lrs, scheduler.lr_lambdas, strict=True):
         group["lr"] = base * factor(scheduler.last_epoch)
     scheduler._last_lr = [group["lr"] for group in groups]
 
@@ -85,10 +90,9 @@ def apply_resumed_settings(
     if config.lr != saved.lr:
         # The schedule goes on from its position, scaled to the new peak.
         scheduler.base_lrs = [config.lr] * len(groups)
-        factor = scheduler.lr_lambdas[0](scheduler.last_epoch)
         for group in groups:
-            group["initial_lr"], group["lr"] = config.lr, config.lr * factor
-        scheduler._last_lr = [group["lr"] for group in groups]
+            group["initial_lr"] = config.lr
+        _set_current_rates(scheduler)
     if config.weight_decay != saved.weight_decay:
         groups[0]["weight_decay"] = config.weight_decay  # the group with weights, not biases
     if config.optimizer == "sgd" and (config.momentum, config.nesterov) != (

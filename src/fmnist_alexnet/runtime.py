@@ -74,6 +74,12 @@ def device_name(device: torch.device) -> str:
     return f"{fields['model name']} (family {family} model {fields.get('model', '?')}, {cores})"
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a wall-clock reading covers it (CUDA only)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def configure_backends(device: torch.device, requested_precision: str = "auto") -> None:
     """An explicit ``--precision fp32`` keeps CUDA's matmuls and convolutions in true
     float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in float32."""

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replannable
-from fmnist_alexnet.config import TrainConfig, replace
+from fmnist_alexnet.config import TrainConfig, epoch_size, replace
 from fmnist_alexnet.data.batches import (
     Augment,
     DeviceData,
@@ -243,8 +243,10 @@ def replan_budget(s: Session, first_epoch_s: float) -> TrainConfig:
     if not replannable(s.config, s.data.steps_per_epoch):
         return s.config
     save_s = s.budget.save_s
-    measured = torch.tensor([s.progress.elapsed_s() + save_s, first_epoch_s + save_s])
-    elapsed, first = (s.dist.all_reduce_sum(measured.double()) / s.dist.world_size).tolist()
+    measured = torch.tensor(
+        [s.progress.elapsed_s() + save_s, first_epoch_s + save_s], dtype=torch.float64
+    )
+    elapsed, first = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
     s.budget = replan(s.budget, elapsed, first)  # every rank plans from the same figures
     if s.budget.epochs != s.config.epochs:
         s.config = replace(s.config, {"epochs": s.budget.epochs})
@@ -425,10 +427,7 @@ def _evaluate(step, data, spec, config, dist) -> dict:
 
 def _train_preprocess(config: TrainConfig, spec: ModelSpec, epoch: int) -> Preprocess:
     """Progressive resizing: the first ``start_epochs`` epochs train at ``start_size``."""
-    preprocess = spec.preprocess()
-    if epoch < config.start_epochs:
-        return dataclasses.replace(preprocess, image_size=config.start_size)
-    return preprocess
+    return dataclasses.replace(spec.preprocess(), image_size=epoch_size(config, epoch))
 
 
 def _epoch_row(progress: Progress, trained: dict, val: dict | None, lr: float) -> dict:
