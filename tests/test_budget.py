@@ -5,7 +5,7 @@ import argparse
 import pytest
 
 from fmnist_alexnet.argtypes import duration
-from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs, replan, replannable
+from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs, replan, replan_step
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
 
@@ -64,25 +64,39 @@ def test_a_budget_that_fits_no_epoch_says_what_would():
 
 def test_the_first_epoch_rescales_the_rest():
     plan = fit_epochs(resolve("hour", {"time_budget": 600.0}), SPEEDS, spent_s=30.0, **SIZES)
-    # The first epoch took 114 s, twice the 57 s estimated, ending at 144 s: the rest cost
-    # 114 s each, the test and the report's pass 20 s each; 570 - 144 - 40 - 20 = 366 s fit
-    # 3 more.
-    slower = replan(plan, elapsed_s=144.0, first_epoch_s=114.0)
+    # The first epoch took 120 s, twice the 57 s plus 3 s of warm-up estimated, ending at
+    # 144 s: the rest cost 114 s each, the test and the report's pass 20 s each;
+    # 570 - 144 - 40 - 20 = 366 s fit 3 more.
+    slower = replan(plan, elapsed_s=144.0, took_s=120.0, steps=50)
     assert (slower.epochs, slower.replanned["factor"], slower.test_s) == (4, 2.0, 20.0)
     assert slower.estimate_s == pytest.approx(144 + 3 * 114 + 20 + 20 + 20)
-    # Half as long: 28.5 s each after ending at 58.5 s; 570 - 58.5 - 10 - 20 = 481.5 s fit
-    # 16 more of the 39 that the cap of 40 allows.
-    faster = replan(plan, elapsed_s=58.5, first_epoch_s=28.5)
+    # Half as long: 28.5 s each after ending at 60 s; 570 - 60 - 10 - 20 = 480 s fit 16
+    # more of the 39 that the cap of 40 allows.
+    faster = replan(plan, elapsed_s=60.0, took_s=30.0, steps=50)
     assert faster.epochs == 17 and faster.replanned["epochs_before"] == 8
     # A first epoch that used up the budget leaves just itself.
-    assert replan(plan, elapsed_s=700.0, first_epoch_s=600.0).epochs == 1
+    assert replan(plan, elapsed_s=700.0, took_s=600.0, steps=50).epochs == 1
+
+
+def test_a_short_warm_up_rescales_the_rest_of_its_epoch_too():
+    plan = fit_epochs(resolve("hour", {"time_budget": 600.0}), SPEEDS, spent_s=30.0, **SIZES)
+    # 10 of 50 steps were estimated at 10 s plus 3 s of warm-up; they took 26 s, ending at
+    # 56 s. The epoch's other 40 steps, validation and save (47 s estimated) now cost 94 s,
+    # each later epoch 114 s: 570 - 56 - 94 - 60 = 360 s fit 3 more.
+    again = replan(plan, elapsed_s=56.0, took_s=26.0, steps=10)
+    assert (again.epochs, again.replanned["factor"]) == (4, 2.0)
+    assert again.replanned["estimated_s"] == 13.0 and again.epoch_s == [120.0] + [114.0] * 3
+    assert again.estimate_s == pytest.approx(30 + 120 + 3 * 114 + 60)
 
 
 @pytest.mark.parametrize(
     ("schedule", "warmup_epochs", "expected"),
-    [("constant", 0.0, True), ("onecycle", 1.0, True), ("cosine", 2.0, True),
-     ("onecycle", 0.3, False), ("onecycle", 0.0, False), ("cosine", 0.0, False)],
+    [("constant", 0.0, 429), ("onecycle", 1.0, 429), ("cosine", 2.0, 429),
+     ("onecycle", 0.3, 129), ("cosine", 0.5, 214), ("onecycle", 0.0, None),
+     ("cosine", 0.0, None)],
 )  # fmt: skip
-def test_only_a_first_epoch_that_ignores_the_total_is_replanned(schedule, warmup_epochs, expected):
+def test_the_count_is_planned_again_while_the_rates_ignore_the_total(
+    schedule, warmup_epochs, expected
+):
     config = resolve("hour", {"schedule": schedule, "warmup_epochs": warmup_epochs})
-    assert replannable(config, steps_per_epoch=429) is expected
+    assert replan_step(config, steps_per_epoch=429) == expected

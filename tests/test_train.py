@@ -182,10 +182,12 @@ SLOW = budget.Speeds({63: 12.0}, eval_image_s=0.001, save_s=1.0, warmup_extra_s=
 
 
 def test_a_budget_cuts_the_epochs_and_a_resumed_run_keeps_the_cut(tmp_path, monkeypatch):
-    """quick's first epoch anneals by the total, so the probe's count stands."""
+    """A one-cycle with no warm-up of its own anneals by the total from its first step, so
+    the probe's count stands."""
     lines = []
     monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
-    result = train(tiny_config(tmp_path, epochs=3, time_budget=200.0), log=lines.append)
+    config = tiny_config(tmp_path, epochs=3, time_budget=200.0, warmup_epochs=0.0)
+    result = train(config, log=lines.append)
     assert len(result.history) == 1 and result.test is not None
     assert lines[0].startswith("time budget 200 s: 1 epoch fit, about 97 s each")
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt").config.epochs == 1
@@ -215,6 +217,24 @@ def test_a_first_epoch_faster_than_the_probe_said_lets_more_epochs_in(
     assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["factor"] < 1
+
+
+def test_a_warm_up_shorter_than_an_epoch_replans_where_it_ends(tmp_path, monkeypatch):
+    """quick's warm-up is 0.3 epochs: the count is planned again after its steps, the last
+    whose rates ignore the total, and the run is still exactly the plain run of that count."""
+    warmup = {"warmup_epochs": 0.5}  # 4 of an epoch's 8 steps, on quick's one-cycle
+    train(tiny_config(tmp_path / "plain", **warmup), log=quiet, test=False)
+    lines = []
+    monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
+    config = tiny_config(tmp_path / "budgeted", time_budget=200.0, **warmup)
+    train(config, log=lines.append, test=False)
+    assert lines[0].startswith("time budget 200 s: 1 epoch fit")
+    replanned = [line for line in lines if line.startswith("time budget: the first 4 steps")]
+    assert len(replanned) == 1 and "2 epochs fit now (planned 1)" in replanned[0]
+    assert [line[:9] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
+    assert_same_weights(final_weights(tmp_path / "budgeted"), final_weights(tmp_path / "plain"))
+    config = json.loads((tmp_path / "budgeted" / "config.json").read_text())
+    assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["steps"] == 4
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

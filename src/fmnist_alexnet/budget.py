@@ -6,9 +6,10 @@ high learning rate. Instead a few real training steps of a throwaway copy of the
 few evaluation batches and one checkpoint write measure this machine's speed; the run then
 takes as many epochs as fit in the budget, at most ``--epochs``, and trains them exactly as
 if that count had been given. The global RNG is reseeded when the real model is built, so
-the probe changes no draw. Where the first epoch's learning rates do not depend on the
-total (:func:`replannable`), the count is planned again after that epoch from its real
-duration (:func:`replan`), since a few timed steps on a shared machine can be well off.
+the probe changes no draw. A few timed steps on a shared machine can be well off, so the
+count is planned again from the run's own steps (:func:`replan`) as late as the learning
+rates allow without depending on the count (:func:`replan_step`): after the first epoch
+when its rates ignore the total, else when a shorter warm-up ends.
 """
 
 from __future__ import annotations
@@ -63,8 +64,10 @@ class BudgetPlan:
     eval_images_per_sec: float
     save_s: float = 0.0  # one last.pt write, part of each epoch's estimate
     finish_s: float = FINISH_S
-    replanned: dict | None = None  # after the first epoch: what it took, what changed
+    replanned: dict | None = None  # after the run's first steps: what they took, what changed
     costs: list[float] = field(default_factory=list, repr=False)  # every epoch to the cap
+    first_steps_s: float = field(default=0.0, repr=False)  # the first epoch's steps alone
+    steps_per_epoch: int = field(default=1, repr=False)
 
     @property
     def estimate_s(self) -> float:
@@ -72,7 +75,8 @@ class BudgetPlan:
         return self.spent_s + self.warmup_s + sum(self.epoch_s) + after
 
     def to_dict(self) -> dict:
-        values = {k: v for k, v in asdict(self).items() if k != "costs"}
+        hidden = ("costs", "first_steps_s", "steps_per_epoch")
+        values = {k: v for k, v in asdict(self).items() if k not in hidden}
         return {**values, "estimate_s": round(self.estimate_s, 1)}
 
 
@@ -117,6 +121,8 @@ def fit_epochs(
         eval_images_per_sec=round(world_size / speeds.eval_image_s, 1),
         save_s=round(speeds.save_s, 1),
         costs=costs,
+        first_steps_s=steps_per_epoch * speeds.step_s[epoch_size(config, 0)],
+        steps_per_epoch=steps_per_epoch,
     )
 
 
@@ -130,36 +136,46 @@ def _fitting(costs: list[float], available: float) -> int:
     return len(costs)
 
 
-def replannable(config: TrainConfig, steps_per_epoch: int) -> bool:
-    """Whether the first epoch's learning rates are the same whatever the total: then the
-    count can change after it and the run is still exactly the run of the new count."""
+def replan_step(config: TrainConfig, steps_per_epoch: int) -> int | None:
+    """After how many steps the count can be planned again with the run still exactly the
+    run of its final count: the last step whose learning rates are the same whatever the
+    total. That is the first epoch's end for a constant schedule or a warm-up of at least
+    an epoch (then validation and the save are measured too), the end of a shorter warm-up
+    (quick's 0.3 epochs), and never without a warm-up (the first rates anneal by the total).
+    """
     if config.schedule == "constant":
-        return True
-    return config.warmup_epochs > 0 and round(config.warmup_epochs * steps_per_epoch) >= (
-        steps_per_epoch
-    )
+        return steps_per_epoch
+    warmup = round(config.warmup_epochs * steps_per_epoch)
+    return min(warmup, steps_per_epoch) if warmup > 0 else None
 
 
-def replan(plan: BudgetPlan, elapsed_s: float, first_epoch_s: float) -> BudgetPlan:
-    """The plan again once the first epoch has run: every estimate scaled by what that epoch
-    really took (``first_epoch_s``, its save included) against the probe's estimate, and as
-    many epochs as then fit after ``elapsed_s`` (the time at its end), at least the one."""
-    factor = first_epoch_s / plan.costs[0]
+def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> BudgetPlan:
+    """The plan again once the first ``steps`` of the run have taken ``took_s`` (with the
+    first epoch's validation and save when they complete it), ending at ``elapsed_s``: every
+    estimate scaled by that time against the probe's estimate for the same work, and as many
+    epochs as then fit, at least the one under way."""
+    share = steps / plan.steps_per_epoch
+    rest_of_epoch = plan.costs[0] - plan.first_steps_s if steps < plan.steps_per_epoch else 0.0
+    rest_of_epoch += plan.first_steps_s * (1 - share)  # steps to go, validation, save
+    estimated = plan.warmup_s + plan.costs[0] - rest_of_epoch
+    factor = took_s / estimated
     later = [cost * factor for cost in plan.costs[1:]]
     after = (plan.test_s + plan.report_s) * factor + plan.finish_s
-    available = SAFETY * plan.budget_s - elapsed_s - after
+    available = SAFETY * plan.budget_s - elapsed_s - rest_of_epoch * factor - after
     epochs = 1 + _fitting(later, available)
+    first_epoch_s = took_s + rest_of_epoch * factor
     return dataclasses.replace(
         plan,
         epochs=epochs,
         epoch_s=[round(first_epoch_s, 1)] + [round(cost, 1) for cost in later[: epochs - 1]],
         test_s=round(plan.test_s * factor, 1),
         report_s=round(plan.report_s * factor, 1),
-        warmup_s=0.0,  # inside the first epoch's measured time now
-        spent_s=round(elapsed_s - first_epoch_s, 1),
+        warmup_s=0.0,  # inside the measured time now
+        spent_s=round(elapsed_s - took_s, 1),
         replanned={
-            "first_epoch_s": round(first_epoch_s, 1),
-            "estimated_s": round(plan.costs[0], 1),
+            "steps": steps,
+            "took_s": round(took_s, 1),
+            "estimated_s": round(estimated, 1),
             "factor": round(factor, 3),
             "epochs_before": plan.epochs,
         },

@@ -27,11 +27,16 @@ def budget_line(plan, image_size: int) -> str:
     )
 
 
-def replan_line(plan) -> str:
-    """What the first epoch of a ``--time-budget`` run changed."""
+def replan_line(plan, steps_per_epoch: int) -> str:
+    """What the first steps of a ``--time-budget`` run changed."""
     again = plan.replanned
+    done = (
+        "epoch 1"
+        if again["steps"] == steps_per_epoch
+        else f"the first {again['steps']} step{'s' * (again['steps'] != 1)} (the warm-up)"
+    )
     return (
-        f"time budget: epoch 1 took {again['first_epoch_s']:.0f} s against "
+        f"time budget: {done} took {again['took_s']:.0f} s against "
         f"{again['estimated_s']:.0f} s estimated; {plan.epochs} "
         f"epoch{'s' * (plan.epochs != 1)} fit now (planned {again['epochs_before']}), "
         f"{plan.estimate_s:.0f} s in all"

@@ -16,7 +16,7 @@ import torch
 from tqdm import tqdm
 
 from fmnist_alexnet import checkpoint as ckpt
-from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replannable
+from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replan_step
 from fmnist_alexnet.config import TrainConfig, epoch_size, replace
 from fmnist_alexnet.data.batches import (
     Augment,
@@ -102,6 +102,7 @@ class Session:
     log: Callable[[str], None]
     runtime: dict = field(default_factory=dict)  # config.json's "runtime"
     budget: BudgetPlan | None = None  # a new run sized by --time-budget
+    replan_at: int | None = None  # the step after which the budget is planned again
     saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
@@ -166,6 +167,8 @@ def train(
         session = Session(
             config, spec, data, step, run, progress, monitor, dist, log, runtime, budget
         )
+        if budget is not None:
+            session.replan_at = replan_step(config, data.steps_per_epoch)
         if resume is not None and (run.checkpoints / "last.pt").is_file():
             session.saved_epoch = resume.epoch
             if resume.best_epoch == resume.epoch and resume.epoch > 0:
@@ -204,6 +207,7 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             if stopped:  # a resumed run that had already stopped early
                 return stopped
             trained = train_one_epoch(s, epoch, stop)
+            config = s.config  # a budget planned again at a warm-up's end changed the count
             if trained is None:
                 last = save_last(s)
                 raise TrainingInterrupted(
@@ -211,8 +215,8 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
                     f"resume with: fmnist-alexnet train --resume {last}"
                 )
             val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
-            if s.budget is not None and epoch == 0:
-                config = replan_budget(s, time.perf_counter() - started)
+            if s.budget is not None and epoch == 0 and s.replan_at == progress.step:
+                config = replan_budget(s, time.perf_counter() - started, progress.step)
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
             row = _epoch_row(progress, trained, val, s.step.lr)
@@ -235,26 +239,23 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
     return None
 
 
-def replan_budget(s: Session, first_epoch_s: float) -> TrainConfig:
-    """After a budgeted run's first epoch (its checkpoint not yet written), the epochs that
-    fit by what that epoch really took; the run's config from here on. Only where the first
-    epoch's learning rates do not depend on the count (``budget.replannable``), so the run
-    stays exactly the run of its final count."""
-    if not replannable(s.config, s.data.steps_per_epoch):
-        return s.config
-    save_s = s.budget.save_s
-    measured = torch.tensor(
-        [s.progress.elapsed_s() + save_s, first_epoch_s + save_s], dtype=torch.float64
-    )
-    elapsed, first = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
-    s.budget = replan(s.budget, elapsed, first)  # every rank plans from the same figures
+def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
+    """The epochs that fit by what a budgeted run's first ``steps`` really took (``took_s``;
+    with the first epoch's validation when they complete it, and then the save about to
+    be written); the run's config from here on. Called at ``budget.replan_step``, while the
+    learning rates do not yet depend on the count, so the run stays exactly the run of its
+    final count."""
+    save_s = s.budget.save_s if steps == s.data.steps_per_epoch else 0.0
+    measured = torch.tensor([s.progress.elapsed_s() + save_s, took_s + save_s], dtype=torch.float64)
+    elapsed, took = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
+    s.budget = replan(s.budget, elapsed, took, steps)  # every rank plans from the same figures
     if s.budget.epochs != s.config.epochs:
         s.config = replace(s.config, {"epochs": s.budget.epochs})
         retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
     s.runtime["time_budget"] = s.budget.to_dict()
     s.run.write_config(s.config, s.runtime)
     if s.dist.is_main:
-        s.log(replan_line(s.budget))
+        s.log(replan_line(s.budget, s.data.steps_per_epoch))
     return s.config
 
 
@@ -365,6 +366,9 @@ def train_one_epoch(s: Session, epoch: int, stop: Callable[[int], bool]) -> dict
             )
             if shown:
                 bar.set_postfix(progress.running(), img_s=f"{shown['train/images_per_sec']:.0f}")
+            if s.budget is not None and progress.step == s.replan_at < steps:
+                replan_budget(s, time.perf_counter() - started, progress.step)  # warm-up over
+                bar.set_description(f"epoch {epoch + 1}/{s.config.epochs}")
             if stop(progress.step):
                 return None
     seconds = time.perf_counter() - started
