@@ -222,19 +222,21 @@ def test_a_first_epoch_faster_than_the_probe_said_lets_more_epochs_in(
 def test_a_warm_up_shorter_than_an_epoch_replans_where_it_ends(tmp_path, monkeypatch):
     """quick's warm-up is 0.3 epochs: the count is planned again after its steps, the last
     whose rates ignore the total, and the run is still exactly the plain run of that count."""
-    warmup = {"warmup_epochs": 0.5}  # 4 of an epoch's 8 steps, on quick's one-cycle
+    # quick's one-cycle, warming up for 2 of an epoch's 4 steps. The probe says 49 s an
+    # epoch: 1 fits in 95 % of a 100 s budget, less the 20 s kept for the end.
+    warmup = {"warmup_epochs": 0.5, "limit_train": 128}
     train(tiny_config(tmp_path / "plain", **warmup), log=quiet, test=False)
     lines = []
     monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
-    config = tiny_config(tmp_path / "budgeted", time_budget=200.0, **warmup)
+    config = tiny_config(tmp_path / "budgeted", time_budget=100.0, **warmup)
     train(config, log=lines.append, test=False)
-    assert lines[0].startswith("time budget 200 s: 1 epoch fit")
-    replanned = [line for line in lines if line.startswith("time budget: the first 4 steps")]
+    assert lines[0].startswith("time budget 100 s: 1 epoch fit")
+    replanned = [line for line in lines if line.startswith("time budget: the first 2 steps")]
     assert len(replanned) == 1 and "2 epochs fit now (planned 1)" in replanned[0]
     assert [line[:9] for line in lines if line.startswith("epoch ")] == ["epoch 1/2", "epoch 2/2"]
     assert_same_weights(final_weights(tmp_path / "budgeted"), final_weights(tmp_path / "plain"))
     config = json.loads((tmp_path / "budgeted" / "config.json").read_text())
-    assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["steps"] == 4
+    assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["steps"] == 2
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))
