@@ -28,6 +28,7 @@ from fmnist_alexnet.checkpoint import Checkpoint
 from fmnist_alexnet.config import TrainConfig, epoch_size, replace
 from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.optim import steps_ignoring_total
 from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
@@ -143,10 +144,8 @@ def replan_step(config: TrainConfig, steps_per_epoch: int) -> int | None:
     an epoch (then validation and the save are measured too), the end of a shorter warm-up
     (quick's 0.3 epochs), and never without a warm-up (the first rates anneal by the total).
     """
-    if config.schedule == "constant":
-        return steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
-    return min(warmup, steps_per_epoch) if warmup > 0 else None
+    fixed = steps_ignoring_total(config, steps_per_epoch)
+    return min(fixed, steps_per_epoch) if fixed > 0 else None
 
 
 def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> BudgetPlan:
@@ -154,9 +153,9 @@ def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> Bud
     first epoch's validation and save when they complete it), ending at ``elapsed_s``: every
     estimate scaled by that time against the probe's estimate for the same work, and as many
     epochs as then fit, at least the one under way."""
-    share = steps / plan.steps_per_epoch
-    rest_of_epoch = plan.costs[0] - plan.first_steps_s if steps < plan.steps_per_epoch else 0.0
-    rest_of_epoch += plan.first_steps_s * (1 - share)  # steps to go, validation, save
+    validation_and_save = plan.costs[0] - plan.first_steps_s
+    steps_to_go = plan.first_steps_s * (1 - steps / plan.steps_per_epoch)
+    rest_of_epoch = steps_to_go + (validation_and_save if steps < plan.steps_per_epoch else 0.0)
     estimated = plan.warmup_s + plan.costs[0] - rest_of_epoch
     factor = took_s / estimated
     later = [cost * factor for cost in plan.costs[1:]]

@@ -55,8 +55,23 @@ def build_scheduler(
 
 def _factor(config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
-    warmup = round(config.warmup_epochs * steps_per_epoch)
+    warmup = _warmup_steps(config, steps_per_epoch)
     return lambda step: lr_factor(step, total, warmup, config.schedule)
+
+
+def _warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
+    """``--warmup-epochs`` in steps; 0 when none is given (one-cycle then warms up for
+    ``ONECYCLE_DEFAULT_WARMUP`` of the whole run)."""
+    return round(config.warmup_epochs * steps_per_epoch)
+
+
+def steps_ignoring_total(config: TrainConfig, steps_per_epoch: int) -> float:
+    """How many leading steps take the same learning rates whatever the run's length: all
+    of them (``inf``) on a constant schedule, else those of an explicit warm-up (0 without
+    one: one-cycle's default warm-up and every annealing depend on the total)."""
+    if config.schedule == "constant":
+        return math.inf
+    return _warmup_steps(config, steps_per_epoch)
 
 
 def retarget_schedule(

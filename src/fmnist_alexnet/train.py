@@ -102,7 +102,7 @@ class Session:
     log: Callable[[str], None]
     runtime: dict = field(default_factory=dict)  # config.json's "runtime"
     budget: BudgetPlan | None = None  # a new run sized by --time-budget
-    replan_at: int | None = None  # the step after which the budget is planned again
+    replan_at: int | None = None  # with a budget: the step after which it is planned again
     saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
@@ -215,7 +215,7 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
                     f"resume with: fmnist-alexnet train --resume {last}"
                 )
             val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
-            if s.budget is not None and epoch == 0 and s.replan_at == progress.step:
+            if progress.step == s.replan_at:  # the end of epoch 1 (set only with a budget)
                 config = replan_budget(s, time.perf_counter() - started, progress.step)
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
@@ -366,7 +366,7 @@ def train_one_epoch(s: Session, epoch: int, stop: Callable[[int], bool]) -> dict
             )
             if shown:
                 bar.set_postfix(progress.running(), img_s=f"{shown['train/images_per_sec']:.0f}")
-            if s.budget is not None and progress.step == s.replan_at < steps:
+            if progress.step == s.replan_at < steps:
                 replan_budget(s, time.perf_counter() - started, progress.step)  # warm-up over
                 bar.set_description(f"epoch {epoch + 1}/{s.config.epochs}")
             if stop(progress.step):
