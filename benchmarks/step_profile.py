@@ -1,0 +1,135 @@
+"""Where a preset's training step spends its time, and how fast each part computes.
+
+    python benchmarks/step_profile.py [--preset quick] [--image-size 128] [--batch-size 128]
+        [--precision auto] [--steps 3] [--json OUT.json]
+
+Builds the preset's own step (model, AdamW, precision, channels_last, as `train` does) and
+feeds it random batches of the preset's shape: `bench --profile` puts the data pipeline
+under 1 % of a step, so the step alone is what is timed here. It counts each part's
+floating-point operations with torch's FlopCounterMode, times each part's kernels with the
+profiler over ``--steps`` steps, and prints per part: milliseconds per step, share, GFLOP
+per step and GFLOP/s. One square 4096 GEMM in the step's precision is timed as the CPU's
+reference rate for dense matrix products. Runs one process on the device `train` would use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.profiler import ProfilerActivity, profile
+from torch.utils.flop_counter import FlopCounterMode
+
+from fmnist_alexnet.config import resolve
+from fmnist_alexnet.runtime import device_name, resolve_device, resolve_precision
+from fmnist_alexnet.step import build_train_step
+
+# Profiler kernel names (self time) and FlopCounterMode ops of each part of the step.
+PARTS = {
+    "convolutions, forward": (("aten::mkldnn_convolution",), ("convolution",)),
+    "convolutions, backward": (("aten::convolution_backward",), ("convolution_backward",)),
+    "linear layers, forward and backward": (("aten::addmm", "aten::mm"), ("addmm", "mm")),
+    "optimizer (fused AdamW)": (("aten::_fused_adamw_",), ()),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--preset", default="quick")
+    parser.add_argument("--image-size", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--steps", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures here")
+    args = parser.parse_args()
+    overrides = {"image_size": args.image_size, "batch_size": args.batch_size}
+    config = resolve(args.preset, {**overrides, "precision": args.precision, "device": "cpu"})
+    device = resolve_device(config.device, 0)
+    precision = resolve_precision(config.precision, device)
+    step = build_train_step(config, device, precision, steps_per_epoch=1000)
+    size, batch = config.image_size, config.batch_size
+    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
+    inputs = torch.randn(batch, 1, size, size).contiguous(memory_format=memory_format)
+    labels = torch.randint(0, 10, (batch,))
+    for _ in range(2):  # warm-up: oneDNN's first calls choose and cache kernels
+        step(inputs, labels)
+    with FlopCounterMode(display=False) as counter:
+        step(inputs, labels)
+    flops = {str(op).split(".")[-1]: n for op, n in counter.get_flop_counts()["Global"].items()}
+    walls = []
+    for _ in range(args.steps):
+        started = time.perf_counter()
+        step(inputs, labels)
+        walls.append(time.perf_counter() - started)
+    wall_ms = 1000 * statistics.median(walls)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.steps):
+            step(inputs, labels)
+    self_ms = {e.key: e.self_cpu_time_total / 1000 / args.steps for e in prof.key_averages()}
+    profiled_ms = sum(self_ms.values())
+    rows = []
+    for part, (kernels, ops) in PARTS.items():
+        ms = sum(self_ms.get(k, 0.0) for k in kernels)
+        gflop = sum(flops.get(op, 0) for op in ops) / 1e9
+        rows.append(_row(part, ms, profiled_ms, gflop))
+    rest = profiled_ms - sum(row["ms_per_step"] for row in rows)
+    rows.append(_row("everything else", rest, profiled_ms, 0.0))
+    result = {
+        "preset": config.preset,
+        "image_size": size,
+        "batch_size": batch,
+        "precision": precision,
+        "channels_last": config.channels_last,
+        "machine": f"{device_name(device)}, torch {torch.__version__}",
+        "step_ms_median": wall_ms,
+        "train_images_per_sec": batch / (wall_ms / 1000),
+        "gflop_per_step": sum(flops.values()) / 1e9,
+        "gemm_4096_gflop_per_sec": _gemm_rate(precision),
+        "parts": rows,
+    }
+    _print(result, args.steps)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=2)
+
+
+def _row(part: str, ms: float, total_ms: float, gflop: float) -> dict:
+    rate = gflop / (ms / 1000) if gflop and ms else None
+    return {"part": part, "ms_per_step": ms, "share": ms / total_ms, "gflop": gflop, "gflops": rate}
+
+
+def _gemm_rate(precision: str) -> float:
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(4096, 4096, dtype=dtype), torch.randn(4096, 4096, dtype=dtype)
+    F.linear(a, b)
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        F.linear(a, b)
+        times.append(time.perf_counter() - started)
+    return 2 * 4096**3 / statistics.median(times) / 1e9
+
+
+def _print(result: dict, steps: int) -> None:
+    print(
+        f"{result['preset']} step, {result['image_size']} px, batch {result['batch_size']}, "
+        f"{result['precision']}, {result['machine']}"
+    )
+    print(
+        f"step {result['step_ms_median']:.0f} ms (median of {steps}, unprofiled): "
+        f"{result['train_images_per_sec']:.1f} img/s, {result['gflop_per_step']:.1f} GFLOP; "
+        f"a 4096 GEMM runs at {result['gemm_4096_gflop_per_sec']:.0f} GFLOP/s"
+    )
+    print(f"{'part':38s} {'ms/step':>8s} {'share':>6s} {'GFLOP':>7s} {'GFLOP/s':>8s}")
+    for row in result["parts"]:
+        rate = f"{row['gflops']:8.0f}" if row["gflops"] else f"{'':8s}"
+        gflop = f"{row['gflop']:7.1f}" if row["gflop"] else f"{'':7s}"
+        print(f"{row['part']:38s} {row['ms_per_step']:8.0f} {row['share']:6.1%} {gflop} {rate}")
+
+
+if __name__ == "__main__":
+    main()
