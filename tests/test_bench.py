@@ -1,4 +1,6 @@
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,3 +77,26 @@ def test_bench_rejects_bad_values(capsys):
     assert refused.value.code == 2
     assert "argument --steps: must be >= 1, got 0" in capsys.readouterr().err
     assert main(["bench", "--image-size", "40"]) == 2
+
+
+def test_step_profile_counts_every_part_of_the_real_step(tmp_path):
+    """benchmarks/step_profile.py: the linear layers' FLOPs are exactly the three layers'
+    forward and backward GEMMs, and each part's kernels are found by the profiler (a
+    renamed kernel would read 0 ms)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        import step_profile
+    finally:
+        sys.path.pop(0)
+    argv = ["--image-size", "63", "--batch-size", "8", "--precision", "fp32", "--steps", "1"]
+    result = step_profile.main([*argv, "--gemm-size", "256", "--json", str(tmp_path / "p.json")])
+    assert json.loads((tmp_path / "p.json").read_text()) == result
+    parts = {row["part"]: row for row in result["parts"]}
+    multiply_adds = 9216 * 4096 + 4096 * 4096 + 4096 * 10  # per image, forward
+    linear = parts["linear layers, forward and backward"]
+    assert linear["gflop"] * 1e9 == 2 * 3 * 8 * multiply_adds  # forward, input and weight grads
+    for name in ("convolutions, forward", "convolutions, backward", "optimizer (fused AdamW)"):
+        assert parts[name]["ms_per_step"] > 0, name
+    assert parts["convolutions, backward"]["gflop"] > parts["convolutions, forward"]["gflop"] > 0
+    assert abs(sum(row["share"] for row in parts.values()) - 1) < 1e-9
+    assert result["train_images_per_sec"] > 0 and result["gemm_gflop_per_sec"] > 0
