@@ -43,8 +43,10 @@ browser:
 demo: setup
 	$(CLI) train --preset quick
 
+# Two workers: run one at a time, the tests kept two cores only about 70 % busy (imports,
+# process starts and checkpoint writes run in one thread). A module's tests share a worker.
 test: setup browser lint
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

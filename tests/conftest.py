@@ -29,6 +29,13 @@ settings.load_profile("suite")
 
 
 def pytest_configure(config):
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        # The workers share the cores (make test runs two): each, and every process it
+        # starts, gets its part, so that no thread waits on another worker's.
+        threads = max(1, len(os.sched_getaffinity(0)) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
     """Test folders go to RAM (/dev/shm) when it has room and no --basetemp is given.
 
     Every checkpoint of this network is 220-900 MB and written with fsync; on the 2-core
