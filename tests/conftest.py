@@ -29,24 +29,29 @@ settings.load_profile("suite")
 
 
 def pytest_configure(config):
-    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    if workers > 1:
-        # The workers share the cores (make test runs two): each, and every process it
-        # starts, gets its part, so that no thread waits on another worker's.
-        threads = max(1, len(os.sched_getaffinity(0)) // workers)
-        os.environ["OMP_NUM_THREADS"] = str(threads)
-        torch.set_num_threads(threads)
-    """Test folders go to RAM (/dev/shm) when it has room and no --basetemp is given.
+    """Workers share the cores; test folders go to RAM (/dev/shm) when it has room and no
+    --basetemp is given.
 
     Every checkpoint of this network is 220-900 MB and written with fsync; on the 2-core
     development machines a save took 2.2 s on disk and 0.5 s in /dev/shm, and the suite
     writes dozens. The code paths are the same (temp file, fsync, rename).
     """
+    _share_the_cores(int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
     shm = Path("/dev/shm")
     if config.option.basetemp or not shm.is_dir() or not os.access(shm, os.W_OK):
         return
     if shutil.disk_usage(shm).free > 8 * 2**30:
         config.option.basetemp = str(shm / f"fmnist-alexnet-tests-{os.getuid()}")
+
+
+def _share_the_cores(workers: int) -> None:
+    """Under pytest-xdist (make test runs two workers) each worker, and every process it
+    starts, gets its share of the cores, so that no thread waits on another worker's."""
+    if workers > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None
+        threads = max(1, (cores or os.cpu_count() or 1) // workers)
+        os.environ["OMP_NUM_THREADS"] = str(threads)
+        torch.set_num_threads(threads)
 
 
 # A tiny real run through the CLI: 63 px, 256 images, batches of 32, fp32 (bit-exact on CPU).
