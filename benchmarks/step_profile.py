@@ -3,9 +3,10 @@
     python benchmarks/step_profile.py [--preset quick] [--image-size 128] [--batch-size 128]
         [--precision auto] [--steps 3] [--json OUT.json]
 
-Builds the preset's own step (model, AdamW, precision, channels_last, as `train` does) and
-feeds it random batches of the preset's shape: `bench --profile` puts the data pipeline
-under 1 % of a step, so the step alone is what is timed here. It counts each part's
+Builds the preset's own step (model, AdamW, precision, channels_last, and the process
+settings of `configure_backends`, as `train` does) and feeds it random batches of the
+preset's shape (`bench`'s bare inputs): `bench --profile` puts the data pipeline under 1 %
+of a step, so the step alone is what is timed here. It counts each part's
 floating-point operations with torch's FlopCounterMode, times each part's kernels with the
 profiler over ``--steps`` steps, and prints per part: milliseconds per step, share, GFLOP
 per step and GFLOP/s. One square GEMM in the step's precision (n = ``--gemm-size``, 4096)
@@ -24,8 +25,16 @@ import torch.nn.functional as F
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
+from fmnist_alexnet.bench import random_batch
 from fmnist_alexnet.config import TrainConfig, resolve
-from fmnist_alexnet.runtime import device_name, resolve_device, resolve_precision
+from fmnist_alexnet.runtime import (
+    PRECISIONS,
+    configure_backends,
+    device_name,
+    resolve_device,
+    resolve_precision,
+)
+from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import build_train_step
 
 # Profiler kernel names (self time) and FlopCounterMode ops of each part of the step.
@@ -42,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--preset", default="quick")
     parser.add_argument("--image-size", type=int)
     parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--precision", choices=("auto", "bf16", "fp32"))
+    parser.add_argument("--precision", choices=PRECISIONS)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--gemm-size", type=int, default=4096, help="the reference GEMM's n")
     parser.add_argument("--json", help="also write the figures here")
@@ -61,11 +70,9 @@ def profile_step(config: TrainConfig, steps: int, gemm_size: int) -> dict:
     """The figures ``main`` prints, for the step of a resolved ``config``."""
     device = resolve_device(config.device, 0)
     precision = resolve_precision(config.precision, device)
+    configure_backends(device, config.precision)  # as train and bench do: malloc, denormals
     step = build_train_step(config, device, precision, steps_per_epoch=1000)
-    size, batch = config.image_size, config.batch_size
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    inputs = torch.randn(batch, 1, size, size).contiguous(memory_format=memory_format)
-    labels = torch.randint(0, 10, (batch,))
+    inputs, labels = random_batch(config, ModelSpec.from_config(config), device)
     for _ in range(2):  # warm-up: oneDNN's first calls choose and cache kernels
         step(inputs, labels)
     with FlopCounterMode(display=False) as counter:
@@ -91,13 +98,13 @@ def profile_step(config: TrainConfig, steps: int, gemm_size: int) -> dict:
     rows.append(_row("everything else", rest, profiled_ms, 0.0))
     return {
         "preset": config.preset,
-        "image_size": size,
-        "batch_size": batch,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
         "precision": precision,
         "channels_last": config.channels_last,
         "machine": f"{device_name(device)}, torch {torch.__version__}",
         "step_ms_median": wall_ms,
-        "train_images_per_sec": batch / (wall_ms / 1000),
+        "train_images_per_sec": config.batch_size / (wall_ms / 1000),
         "gflop_per_step": sum(flops.values()) / 1e9,
         "gemm_size": gemm_size,
         "gemm_gflop_per_sec": _gemm_rate(precision, gemm_size),

@@ -1,8 +1,10 @@
 """Shared fixtures and helpers: small real training runs, weight comparisons, IDX writers."""
 
 import gzip
+import importlib
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -52,6 +54,15 @@ def _share_the_cores(workers: int) -> None:
         threads = max(1, (cores or os.cpu_count() or 1) // workers)
         os.environ["OMP_NUM_THREADS"] = str(threads)
         torch.set_num_threads(threads)
+
+
+def import_benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.pop(0)
 
 
 # A tiny real run through the CLI: 63 px, 256 images, batches of 32, fp32 (bit-exact on CPU).

@@ -1,8 +1,7 @@
 import json
-import sys
-from pathlib import Path
 
 import pytest
+from conftest import import_benchmark
 
 from fmnist_alexnet.cli import main
 
@@ -83,11 +82,7 @@ def test_step_profile_counts_every_part_of_the_real_step(tmp_path):
     """benchmarks/step_profile.py: the linear layers' FLOPs are exactly the three layers'
     forward and backward GEMMs, and each part's kernels are found by the profiler (a
     renamed kernel would read 0 ms)."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    try:
-        import step_profile
-    finally:
-        sys.path.pop(0)
+    step_profile = import_benchmark("step_profile")
     argv = ["--image-size", "63", "--batch-size", "8", "--precision", "fp32", "--steps", "1"]
     result = step_profile.main([*argv, "--gemm-size", "256", "--json", str(tmp_path / "p.json")])
     assert json.loads((tmp_path / "p.json").read_text()) == result

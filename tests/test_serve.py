@@ -12,10 +12,10 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import import_benchmark
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -355,11 +355,7 @@ def test_a_port_in_use_is_one_line_and_exit_2(best, capsys):
 def test_garbage_hostile_uploads_and_slow_clients_on_loopback(best):
     """A bounded run of benchmarks/serve_faults.py against a real server process: no 500,
     no traceback in an answer or in the server's log, /ready answers during and after."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    try:
-        import serve_faults
-    finally:
-        sys.path.pop(0)
+    serve_faults = import_benchmark("serve_faults")
     report = serve_faults.run_trial(best, garbage=150, hostile=12, slow=2, slow_seconds=1)
     assert report["held"], report
     assert report["ready_after"] == 200 and report["server_stderr_tracebacks"] == 0

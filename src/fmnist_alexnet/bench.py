@@ -96,10 +96,7 @@ def bench(
 
     ours = build_train_step(config, device, precision, data.steps_per_epoch)
     size, batch_size = config.image_size, config.batch_size
-    bare_inputs = torch.randn(batch_size, 1, size, size, device=device)
-    if config.channels_last:
-        bare_inputs = bare_inputs.contiguous(memory_format=torch.channels_last)
-    bare_labels = torch.randint(0, spec.num_classes, (batch_size,), device=device)
+    bare_inputs, bare_labels = random_batch(config, spec, device)
     batches = _forever(lambda epoch: epoch_batches(data.train, config, spec, epoch))
     runners: dict[str, _Runner] = {
         "pipeline": _loop_runner(ours, batches, Tracker(), config.log_every),
@@ -276,6 +273,15 @@ def _eval_rate(step: TrainStep, data, spec: ModelSpec, config: TrainConfig, wind
         rates.append(len(data) / (time.perf_counter() - started))
     step.model.train()
     return statistics.median(rates[1:])
+
+
+def random_batch(config: TrainConfig, spec: ModelSpec, device: torch.device):
+    """Random inputs and labels of the shape and memory format the step is fed."""
+    size, batch_size = config.image_size, config.batch_size
+    inputs = torch.randn(batch_size, 1, size, size, device=device)
+    if config.channels_last:
+        inputs = inputs.contiguous(memory_format=torch.channels_last)
+    return inputs, torch.randint(0, spec.num_classes, (batch_size,), device=device)
 
 
 def _profile(trainer: TrainStep, batches, steps, device) -> dict[str, float]:
