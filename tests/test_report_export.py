@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import subprocess
+import sys
 
 import numpy as np
 import onnxruntime
@@ -64,6 +66,20 @@ def test_export_agrees_with_pytorch_and_carries_the_contract(run_dir, tmp_path, 
     contract = stored_contract(fmt, path)
     assert contract == result["contract"] and contract["image_size"] == 63
     assert contract["class_names"][9] == "Ankle boot" and contract["num_classes"] == 10
+
+
+def test_export_from_the_cli_says_two_lines_and_nothing_else(run_dir, tmp_path):
+    # A real process: torch's exporter logs to stderr and warns about its own internals
+    # (torchvision's ops not installed, a deprecated pytree class) unless export quiets it.
+    path = tmp_path / "model.onnx"
+    best = run_dir / "checkpoints" / "best.pt"
+    argv = [sys.executable, "-m", "fmnist_alexnet", "export", str(best), "--format", "onnx"]
+    proc = subprocess.run([*argv, "--out", str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0 and proc.stderr == ""
+    lines = proc.stdout.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"wrote {path} (") and "onnx" in lines[0]
+    assert lines[1].startswith("checked on 512 real test images against PyTorch")
+    assert lines[1].endswith("top-1 agreement 100.00 %")
 
 
 def stored_contract(fmt, path) -> dict:

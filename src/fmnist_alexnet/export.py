@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import os
 import tempfile
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -126,7 +130,7 @@ def _write_onnx(model, example, contract: str) -> bytes:
         import onnx
     except ImportError:
         raise FmnistError("onnx is not installed: pip install 'fmnist-alexnet[onnx]'") from None
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, _quiet_onnx_exporter():
         path = os.path.join(tmp, "model.onnx")
         torch.onnx.export(
             model,
@@ -143,6 +147,22 @@ def _write_onnx(model, example, contract: str) -> bytes:
     meta = proto.metadata_props.add()
     meta.key, meta.value = CONTRACT_KEY, contract
     return proto.SerializeToString()
+
+
+@contextmanager
+def _quiet_onnx_exporter() -> Iterator[None]:
+    """Silence what torch's ONNX exporter says on every export about its own internals (that
+    torchvision's detection ops are not installed; a deprecated pytree class): six lines of
+    noise on stderr around the one line `export` prints. Its errors still raise."""
+    logger = logging.getLogger("torch.onnx")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*LeafSpec", category=FutureWarning)
+            yield
+    finally:
+        logger.setLevel(level)
 
 
 def _write_pt2(model, example, contract: str) -> bytes:
