@@ -1,6 +1,7 @@
 import json
 
 import pytest
+import torch
 from conftest import import_benchmark
 
 from fmnist_alexnet.cli import main
@@ -95,3 +96,14 @@ def test_step_profile_counts_every_part_of_the_real_step(tmp_path):
     assert parts["convolutions, backward"]["gflop"] > parts["convolutions, forward"]["gflop"] > 0
     assert abs(sum(row["share"] for row in parts.values()) - 1) < 1e-9
     assert result["train_images_per_sec"] > 0 and result["gemm_gflop_per_sec"] > 0
+
+
+def test_bench_text_says_what_it_timed(capsys):
+    argv = ["bench", "--device", "cpu", "--image-size", "63", "--batch-size", "8"]
+    argv += ["--steps", "1", "--windows", "1", "--warmup", "0", "--precision", "fp32"]
+    assert main([*argv, "--no-baseline"]) == 0
+    first, *rest = capsys.readouterr().out.splitlines()
+    assert first.endswith(
+        "fp32, 63 px, batch 8, torch " + torch.__version__ + ", one window of 1 step"
+    )
+    assert rest[0].startswith("  train, our pipeline") and rest[0].endswith(" img/s")

@@ -524,11 +524,16 @@ def _bench(args) -> int:
     if args.json:
         print(json.dumps(result))
         return 0
+    steps = f"{result['steps_per_window']} step{'s' * (result['steps_per_window'] != 1)}"
+    windows = (
+        f"one window of {steps}"
+        if result["windows"] == 1
+        else f"median of {result['windows']} windows of {steps}"
+    )
     print(
         f"{result['device_name']}: {result['arch']}, {result['preset']} preset's step "
         f"({result['optimizer']}), {result['precision']}, {result['image_size']} px, "
-        f"batch {result['batch_size']}, torch {result['torch']}, "
-        f"median of {result['windows']} windows of {result['steps_per_window']} steps"
+        f"batch {result['batch_size']}, torch {result['torch']}, {windows}"
     )
     print(f"  train, our pipeline     {result['train_images_per_sec']:9.1f} img/s")
     print(
