@@ -45,6 +45,7 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     assert "57,029,322 parameters" in card and "![confusion matrix](confusion_matrix.png)" in card
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
     assert f"| Ankle boot | {full_test['per_class']['Ankle boot']:.4f} |" in card
+    assert "- Training on 512 images; validation (model selection) on 256 held out of the " in card
 
 
 def test_reproduce_command_names_only_what_differs_from_the_preset():
@@ -140,3 +141,6 @@ def test_model_card_names_the_epoch_best_pt_holds_with_no_validation_split(modul
     confusion = np.eye(10, dtype=np.int64) * 3
     card = model_card(config, history, confusion, loaded, out)
     assert "on `best.pt` (epoch 2, the last epoch: the run held out no validation split)" in card
+    assert (
+        "- Training on 256 images; no validation split (the last epoch is the one tested);" in card
+    )

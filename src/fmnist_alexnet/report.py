@@ -87,9 +87,8 @@ def model_card(
         "",
         "## Data",
         f"- Source: {runtime.get('data_source', 'unknown')}.",
-        f"- Training on {runtime.get('train_images', '?')} images; validation (model "
-        f"selection) on {runtime.get('val_images', '?')} held out of the training set "
-        f"(split seed {loaded.config.split_seed}); test on {n:,}.",
+        f"- Training on {_count(runtime.get('train_images'))} images; "
+        f"{_validation(runtime.get('val_images'), loaded.config.split_seed)}; test on {n:,}.",
         "",
         "## Recipe",
         "```json",
@@ -139,3 +138,16 @@ def _probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 50
     for start in range(0, len(tensor), batch_size):
         chunks.append(torch.softmax(loaded.logits(tensor[start : start + batch_size]), 1).cpu())
     return torch.cat(chunks).numpy()
+
+
+def _count(value) -> str:
+    return f"{value:,}" if isinstance(value, int) else "?"
+
+
+def _validation(images, split_seed: int) -> str:
+    if images == 0:
+        return "no validation split (the last epoch is the one tested)"
+    return (
+        f"validation (model selection) on {_count(images)} held out of the training set "
+        f"(split seed {split_seed})"
+    )
