@@ -2,6 +2,7 @@
 
 import contextlib
 import dataclasses
+import importlib.metadata
 import io
 import json
 import os
@@ -286,3 +287,14 @@ def test_a_closed_pipe_ends_quietly(real_data):
     process.stdout.close()  # as `head -1` does once it has its line
     err = process.stderr.read().decode()
     assert process.wait(timeout=60) == 141 and err == "", err
+
+
+def test_version_names_the_installed_package_and_torch(capsys):
+    with pytest.raises(SystemExit) as exited:
+        main(["--version"])
+    assert exited.value.code == 0
+    installed = importlib.metadata.version("fmnist-alexnet")  # pyproject's, as installed
+    python = ".".join(map(str, sys.version_info[:3]))
+    assert capsys.readouterr().out == (
+        f"fmnist-alexnet {installed} (torch {torch.__version__}, Python {python})\n"
+    )

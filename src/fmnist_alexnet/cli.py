@@ -7,8 +7,12 @@ import csv
 import dataclasses
 import json
 import os
+import platform
 import sys
 
+import torch
+
+from fmnist_alexnet import __version__
 from fmnist_alexnet.argtypes import duration, integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
@@ -176,10 +180,15 @@ def _precision_flag(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="AlexNet on Fashion-MNIST: train, evaluate, data.")
+    parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_arguments, _ in _commands().values():
         add_arguments(commands)
     return parser
+
+
+def version_line() -> str:
+    return f"{PROG} {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
 def _commands() -> dict:
