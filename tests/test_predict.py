@@ -2,6 +2,7 @@
 
 import io
 import json
+import warnings
 
 import numpy as np
 import pytest
@@ -130,6 +131,20 @@ def test_transparent_background_and_exif_rotation(tmp_path, originals):
     upright = prepare_image(tmp_path / "upright.jpg", invert="no").astype(int)
     assert np.abs(prepare_image(tmp_path / "rot.jpg", invert="no") - upright).mean() < 2
     assert np.abs(prepare_image(tmp_path / "sideways.jpg", invert="no") - upright).mean() > 10
+
+
+def test_a_corrupt_exif_block_is_ignored_without_a_warning(tmp_path, originals):
+    """Pillow warns on stderr about EXIF it cannot read and still decodes the pixels;
+    predict uses them unrotated and prints nothing of Pillow's."""
+    image = Image.fromarray(originals[0][0]).resize((280, 280), Image.NEAREST)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    image.save(tmp_path / "plain.jpg", quality=98)
+    image.save(tmp_path / "corrupt.jpg", quality=98, exif=exif.tobytes()[:-6])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning that escapes fails the test
+        corrupt = prepare_image(tmp_path / "corrupt.jpg", invert="no")
+    assert np.array_equal(corrupt, prepare_image(tmp_path / "plain.jpg", invert="no"))
 
 
 def test_broken_files_are_reported_and_the_rest_predicted(tmp_path, originals, trained, capsys):

@@ -113,6 +113,10 @@ def _read_grayscale(source, name: str | None = None) -> np.ndarray:
             raise ImageError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
+            # Pillow warns (two raw lines on stderr) about metadata it cannot read, such as
+            # a corrupt EXIF block, and still decodes the pixels; the image is then used as
+            # stored, unrotated, as browsers show it. Pixel errors still raise below.
+            warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
             with Image.open(source) as image:
