@@ -1,5 +1,6 @@
 """The CLI end to end: user errors are one line and exit 2; train, evaluate, Ctrl-C."""
 
+import argparse
 import contextlib
 import dataclasses
 import importlib.metadata
@@ -264,6 +265,27 @@ def test_every_config_field_is_a_train_flag_whose_help_states_the_true_default(c
     )
     assert "(default by preset: seed 224, d2l 224, quick 128, hour 128, best 224)" in help_text
     assert preset_defaults("ema") == "default 0.0"
+
+
+def parsers(parser, path=()):
+    """Every parser of the CLI with the words that reach it: the top one, commands, actions."""
+    yield path, parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from parsers(sub, (*path, name))
+
+
+def test_every_argument_of_every_command_says_what_it_is():
+    missing = [
+        " ".join((*path, action.dest))
+        for path, parser in parsers(build_parser())
+        for action in parser._actions
+        if not isinstance(action, argparse._SubParsersAction) and not action.help
+    ]
+    assert missing == []
+    commands = [path for path, _ in parsers(build_parser()) if len(path) == 1]
+    assert len(commands) == 9  # train ... tune, so the walk above did reach them
 
 
 def test_normalisation_flags_reach_the_config(capsys):

@@ -21,6 +21,8 @@ from fmnist_alexnet.export import FORMATS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 PROG = "fmnist-alexnet"
+ENGINES = ("torch", "onnx")
+ENGINE_HELP = "torch: a checkpoint (default); onnx: an exported .onnx file, run by onnxruntime"
 PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
 
 # One help text per TrainConfig field; the flags, their types, choices and the defaults
@@ -65,7 +67,8 @@ TRAIN_HELP = {
     "split_seed": "seed that picks the held-out images",
     "limit_train": "train on the first N images only (0: all)",
     "limit_eval": "validate and test on the first N images only (0: all)",
-    "data_dir": "folder with the four IDX files, .gz or raw (default: found as `data info` says)",
+    "data_dir": "folder with the four IDX files, .gz or raw (default: $FMNIST_DATA, else "
+    "/usr/share/datasets/fashion-mnist, else ./data/FashionMNIST/raw)",
     "out": "run folder (default: runs/<timestamp>-<preset>)",
     "progress": "progress bar on a terminal",
     "log_every": "steps between progress updates, TensorBoard points and the finite-loss check",
@@ -170,6 +173,10 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _data_dir_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--data-dir", metavar="DIR", help=TRAIN_HELP["data_dir"])
+
+
 def _device_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=DEVICES, default="auto", help="default auto: cuda if any")
 
@@ -179,7 +186,11 @@ def _precision_flag(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="AlexNet on Fashion-MNIST: train, evaluate, data.")
+    parser = _Parser(
+        prog=PROG,
+        description="AlexNet on Fashion-MNIST: train it, measure it, use it. "
+        f"'{PROG} COMMAND --help' lists a command's flags.",
+    )
     parser.add_argument("--version", action="version", version=version_line())
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_arguments, _ in _commands().values():
@@ -215,9 +226,14 @@ def _add_train(commands) -> None:
 
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
-    evaluate.add_argument("checkpoint")
-    evaluate.add_argument("--split", choices=["test", "val"], default="test")
-    evaluate.add_argument("--data-dir")
+    evaluate.add_argument("checkpoint", help="a run's checkpoints/best.pt (or last.pt)")
+    evaluate.add_argument(
+        "--split",
+        choices=["test", "val"],
+        default="test",
+        help="the official test set (default) or the run's held-out validation split",
+    )
+    _data_dir_flag(evaluate)
     _device_flag(evaluate)
     evaluate.add_argument("--batch-size", type=integer(1), default=500, help="default 500")
     _precision_flag(evaluate)
@@ -242,17 +258,19 @@ def _add_data(commands) -> None:
     data = commands.add_parser("data", help="find, verify or download the dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="which files are used; verify their SHA-256")
-    info.add_argument("--data-dir")
+    _data_dir_flag(info)
     download = data_commands.add_parser("download", help="fetch the four files and verify them")
-    download.add_argument("--to", required=True, metavar="DIR")
+    download.add_argument(
+        "--to", required=True, metavar="DIR", help="folder to write the four .gz files into"
+    )
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
 
 
 def _add_report(commands) -> None:
     report = commands.add_parser("report", help="plots and a model card for a run folder")
-    report.add_argument("run_dir")
+    report.add_argument("run_dir", help="a training run's folder (runs/X)")
     _device_flag(report)
-    report.add_argument("--data-dir")
+    _data_dir_flag(report)
 
 
 def _add_predict(commands) -> None:
@@ -266,7 +284,7 @@ def _add_predict(commands) -> None:
         default="auto",
         help="negate to light-on-black (auto: when the border is light)",
     )
-    predict.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    predict.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
     _device_flag(predict)
     predict.add_argument("--batch-size", type=integer(1), default=64, help="default 64")
     _precision_flag(predict)
@@ -279,10 +297,10 @@ def _add_export(commands) -> None:
     export = commands.add_parser(
         "export", help="ONNX, torch.export (pt2), TorchScript or safetensors, checked"
     )
-    export.add_argument("checkpoint")
-    export.add_argument("--format", choices=FORMATS, required=True)
-    export.add_argument("--out", required=True)
-    export.add_argument("--data-dir")
+    export.add_argument("checkpoint", help="a run's checkpoints/best.pt (or last.pt)")
+    export.add_argument("--format", choices=FORMATS, required=True, help="the file format")
+    export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    _data_dir_flag(export)
 
 
 def _add_bench(commands) -> None:
@@ -335,7 +353,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("model", help="best.pt, a run folder (its best.pt) or an .onnx export")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
     serve.add_argument("--port", type=integer(0, 65535), default=8000, help="default 8000")
-    serve.add_argument("--engine", choices=["torch", "onnx"], default="torch")
+    serve.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
     _device_flag(serve)
     _precision_flag(serve)
     serve.add_argument(
