@@ -15,12 +15,14 @@ import torch
 from fmnist_alexnet import __version__
 from fmnist_alexnet.argtypes import duration, integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
+from fmnist_alexnet.data import sources
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import TTA_CHOICES
 from fmnist_alexnet.export import FORMATS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 PROG = "fmnist-alexnet"
+CHECKPOINT_HELP = "a run's checkpoints/best.pt (or last.pt)"
 ENGINES = ("torch", "onnx")
 ENGINE_HELP = "torch: a checkpoint (default); onnx: an exported .onnx file, run by onnxruntime"
 PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
@@ -67,8 +69,9 @@ TRAIN_HELP = {
     "split_seed": "seed that picks the held-out images",
     "limit_train": "train on the first N images only (0: all)",
     "limit_eval": "validate and test on the first N images only (0: all)",
-    "data_dir": "folder with the four IDX files, .gz or raw (default: $FMNIST_DATA, else "
-    "/usr/share/datasets/fashion-mnist, else ./data/FashionMNIST/raw)",
+    "data_dir": "folder with the four IDX files, .gz or raw (default: "
+    f"${sources.ENV_VAR}, else {sources.DEBIAN_DIR}, "
+    f"else ./{sources.TORCHVISION_ROOT / 'FashionMNIST' / 'raw'})",
     "out": "run folder (default: runs/<timestamp>-<preset>)",
     "progress": "progress bar on a terminal",
     "log_every": "steps between progress updates, TensorBoard points and the finite-loss check",
@@ -226,7 +229,7 @@ def _add_train(commands) -> None:
 
 def _add_evaluate(commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
-    evaluate.add_argument("checkpoint", help="a run's checkpoints/best.pt (or last.pt)")
+    evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument(
         "--split",
         choices=["test", "val"],
@@ -297,7 +300,7 @@ def _add_export(commands) -> None:
     export = commands.add_parser(
         "export", help="ONNX, torch.export (pt2), TorchScript or safetensors, checked"
     )
-    export.add_argument("checkpoint", help="a run's checkpoints/best.pt (or last.pt)")
+    export.add_argument("checkpoint", help=CHECKPOINT_HELP)
     export.add_argument("--format", choices=FORMATS, required=True, help="the file format")
     export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
     _data_dir_flag(export)
@@ -513,8 +516,6 @@ def _evaluate(args) -> int:
 
 
 def _data(args) -> int:
-    from fmnist_alexnet.data import sources
-
     if args.data_command == "download":
         mirror = args.mirror or sources.OFFICIAL_MIRROR
         for name, what in sources.download(args.to, mirror):
