@@ -125,6 +125,20 @@ def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
         assert onnx_model.logits(images[:batch]).shape == (batch, 10)
 
 
+def test_predict_picks_onnxruntime_for_an_onnx_file(run_dir, tmp_path, real_data, capsys):
+    path = tmp_path / "m.onnx"
+    export(run_dir / "checkpoints" / "best.pt", "onnx", path, check_images=8)
+    for i, image in enumerate(load_splits(real_data)["test"][0][:4]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    printed = []
+    for engine in ([], ["--engine", "onnx"]):  # auto picks onnx by the suffix
+        assert main(["predict", str(path), *map(str, tmp_path.glob("*.png")), *engine]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and printed[0].count("\n") == 4
+    assert main(["evaluate", str(path)]) == 2  # a torch-only command says what it needs
+    assert "an ONNX export, not a checkpoint" in capsys.readouterr().err
+
+
 def test_model_card_names_the_epoch_best_pt_holds_with_no_validation_split(module_tmp):
     out = train_quietly(
         module_tmp / "no-val",

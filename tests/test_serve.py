@@ -197,7 +197,7 @@ def test_pixel_cap_refuses_an_image_before_decoding(client):
     assert "too large" in response.json()["results"][0]["error"]
 
 
-def test_model_health_ready_metrics_and_docs(client, best):
+def test_model_health_ready_metrics_and_docs(client, best, test_set):
     info = client.get("/v1/model").json()
     assert info["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert info["arch"] == "alexnet" and info["parameters"] == 57_029_322
@@ -206,6 +206,7 @@ def test_model_health_ready_metrics_and_docs(client, best):
     assert info["test_accuracy"] == measured["accuracy"]
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"ready": True}
+    client.post("/v1/predict", files=upload(("a.png", png(test_set[0][0]))))  # alone, too
     text = client.get("/metrics").text
     assert "fmnist_batch_images_bucket" in text and 'path="/v1/predict"' in text
     schema = client.get("/openapi.json").json()

@@ -121,10 +121,26 @@ def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
     return atomic_write(path, lambda handle: torch.save(state, handle))
 
 
+def model_file(path: str | Path) -> Path:
+    """The checkpoint a user names: a file as given, or a run folder's ``checkpoints/best.pt``."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    best = path / "checkpoints" / "best.pt"
+    if not best.is_file():
+        raise FmnistError(f"{path}: a folder without checkpoints/best.pt (not a run folder)")
+    return best
+
+
 def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FmnistError(f"{path}: checkpoint not found")
+    if path.suffix.lower() == ".onnx":
+        raise FmnistError(
+            f"{path}: an ONNX export, not a checkpoint (predict and serve run it; "
+            "this command needs the .pt it was exported from)"
+        )
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it
             warnings.simplefilter("ignore")
@@ -236,12 +252,14 @@ class LoadedModel:
 
 
 def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedModel:
-    """A checkpoint ready for inference, with the preprocessing it was trained with.
+    """A checkpoint (or a run folder's ``best.pt``) ready for inference, with the
+    preprocessing it was trained with.
 
     ``precision="auto"`` runs in the precision the checkpoint was trained with, as resolved
     on this device (bf16 autocast where native); ``"fp32"`` gives the exact float32 logits
     that exported models are compared against.
     """
+    path = model_file(path)
     checkpoint = load_checkpoint(path)
     spec = checkpoint.spec
     device_ = resolve_device(device)

@@ -16,15 +16,18 @@ from fmnist_alexnet import __version__
 from fmnist_alexnet.argtypes import duration, integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.data import sources
+from fmnist_alexnet.engines import ENGINES
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import TTA_CHOICES
 from fmnist_alexnet.export import FORMATS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 PROG = "fmnist-alexnet"
-CHECKPOINT_HELP = "a run's checkpoints/best.pt (or last.pt)"
-ENGINES = ("torch", "onnx")
-ENGINE_HELP = "torch: a checkpoint (default); onnx: an exported .onnx file, run by onnxruntime"
+CHECKPOINT_HELP = "a checkpoint (.pt) or a run folder (its checkpoints/best.pt)"
+MODEL_HELP = "a checkpoint (.pt), a run folder (its checkpoints/best.pt) or an .onnx export"
+ENGINE_HELP = (
+    "auto (default): onnxruntime for an .onnx file, PyTorch otherwise; or name one of them"
+)
 PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
 
 # One help text per TrainConfig field; the flags, their types, choices and the defaults
@@ -278,7 +281,7 @@ def _add_report(commands) -> None:
 
 def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="classify your own image files")
-    predict.add_argument("model", help="a checkpoint (.pt), or an .onnx file with --engine onnx")
+    predict.add_argument("model", help=MODEL_HELP)
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
     predict.add_argument("--top-k", type=integer(1), default=3, help="default 3")
     predict.add_argument(
@@ -287,7 +290,7 @@ def _add_predict(commands) -> None:
         default="auto",
         help="negate to light-on-black (auto: when the border is light)",
     )
-    predict.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
+    predict.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     _device_flag(predict)
     predict.add_argument("--batch-size", type=integer(1), default=64, help="default 64")
     _precision_flag(predict)
@@ -353,10 +356,10 @@ def _add_serve(commands) -> None:
         "POST /v1/predict, a page at /, API docs at /docs. Ctrl-C or SIGTERM stops it after "
         "answering every accepted request.",
     )
-    serve.add_argument("model", help="best.pt, a run folder (its best.pt) or an .onnx export")
+    serve.add_argument("model", help=MODEL_HELP)
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
     serve.add_argument("--port", type=integer(0, 65535), default=8000, help="default 8000")
-    serve.add_argument("--engine", choices=ENGINES, default="torch", help=ENGINE_HELP)
+    serve.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     _device_flag(serve)
     _precision_flag(serve)
     serve.add_argument(
@@ -595,16 +598,10 @@ def _report(args) -> int:
 
 
 def _predict(args) -> int:
+    from fmnist_alexnet.engines import load_classifier
     from fmnist_alexnet.predict import predict_images
 
-    if args.engine == "onnx":
-        from fmnist_alexnet.export import OnnxModel
-
-        model = OnnxModel.load(args.model)
-    else:
-        from fmnist_alexnet.checkpoint import load_model
-
-        model = load_model(args.model, args.device, args.precision)
+    model, _ = load_classifier(args.model, args.engine, args.device, args.precision)
     results = predict_images(
         model, args.paths, top_k=args.top_k, invert=args.invert, batch_size=args.batch_size
     )

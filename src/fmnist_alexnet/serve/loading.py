@@ -7,26 +7,22 @@ import json
 from pathlib import Path
 
 from fmnist_alexnet import __version__
+from fmnist_alexnet.checkpoint import model_file
+from fmnist_alexnet.engines import load_classifier
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import count_parameters
 
 
-def load_served(path, engine: str = "torch", device: str = "auto", precision: str = "auto"):
+def load_served(path, engine: str = "auto", device: str = "auto", precision: str = "auto"):
     """The classifier and the facts ``GET /v1/model`` reports about it."""
-    path = Path(path)
-    if path.is_dir():
-        path = path / "checkpoints" / "best.pt"
+    path = model_file(path)
     if not path.is_file():
         raise FmnistError(f"{path}: no model there (give a checkpoint, a run folder or an .onnx)")
-    if engine == "onnx" or path.suffix == ".onnx":
-        from fmnist_alexnet.export import OnnxModel
-
-        model, engine, parameters = OnnxModel.load(path), "onnx", None
+    model, engine = load_classifier(path, engine, device, precision)
+    if engine == "onnx":
+        parameters = None
         runtime = {"engine": "onnx", "device": "cpu", "precision": "fp32"}
     else:
-        from fmnist_alexnet.checkpoint import load_model
-
-        model = load_model(path, device, precision)
         parameters = count_parameters(model.model)
         runtime = {"engine": "torch", "device": str(model.device), "precision": model.precision}
     spec = model.spec

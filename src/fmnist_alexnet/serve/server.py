@@ -43,7 +43,7 @@ def serve(
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
-    engine: str = "torch",
+    engine: str = "auto",
     device: str = "auto",
     precision: str = "auto",
     settings: ServeSettings | None = None,

@@ -1,0 +1,28 @@
+"""What runs a trained model for ``predict`` and ``serve``: PyTorch for a checkpoint (or a
+run folder's ``best.pt``), onnxruntime for an exported ``.onnx`` file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fmnist_alexnet.checkpoint import load_model
+
+ENGINES = ("auto", "torch", "onnx")
+
+
+def pick_engine(path, engine: str = "auto") -> str:
+    """``engine`` as given, or for ``auto``: onnx for a ``.onnx`` file, torch otherwise."""
+    if engine != "auto":
+        return engine
+    return "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
+
+
+def load_classifier(path, engine: str = "auto", device: str = "auto", precision: str = "auto"):
+    """The classifier in ``path`` and the engine that runs it. An ONNX model runs on the CPU
+    in float32 whatever ``device`` and ``precision`` say."""
+    engine = pick_engine(path, engine)
+    if engine == "onnx":
+        from fmnist_alexnet.export import OnnxModel
+
+        return OnnxModel.load(path), engine
+    return load_model(path, device, precision), engine
