@@ -682,13 +682,6 @@ def _tune(args) -> int:
 
     from fmnist_alexnet.tune import DEFAULT_SPACE, TuneSettings, read_space, tune
 
-    for name in ("trials", "startup_trials", "prune_startup", "prune_warmup"):
-        least = 1 if name == "trials" else 0
-        if getattr(args, name) < least:
-            flag = "--" + name.replace("_", "-")
-            raise FmnistError(f"{flag} must be >= {least}, got {getattr(args, name)}")
-    if args.timeout is not None and not args.timeout > 0:
-        raise FmnistError(f"--timeout must be > 0 seconds, got {args.timeout}")
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("out", "preset")]
     fixed = _given(args, names)
     settings = TuneSettings(
