@@ -191,11 +191,14 @@ def test_csv_and_text_output(tmp_path, originals, trained, capsys):
 
 def test_a_run_folder_stands_for_its_best_pt(tmp_path, originals, trained, capsys):
     save_all(tmp_path / "p", originals[0][:3], Image.fromarray, ".png")
-    for command in (["predict"], ["evaluate", "--limit-eval", "32"]):
+    calls = {
+        "predict": [str(tmp_path / "p"), "--json"],
+        "evaluate": ["--json", "--limit-eval", "32"],
+    }
+    for command, args in calls.items():
         outputs = []
         for model in (trained, trained.parent.parent):  # best.pt, then its run folder
-            extra = [str(tmp_path / "p"), "--json"] if command == ["predict"] else ["--json"]
-            assert main([command[0], str(model), *extra, *command[1:]]) == 0
+            assert main([command, str(model), *args]) == 0
             outputs.append(json.loads(capsys.readouterr().out))
         assert outputs[0] == outputs[1], command
     assert main(["predict", str(tmp_path), str(tmp_path / "p")]) == 2  # a folder, not a run

@@ -16,7 +16,7 @@ from fmnist_alexnet import __version__
 from fmnist_alexnet.argtypes import duration, integer, number
 from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
 from fmnist_alexnet.data import sources
-from fmnist_alexnet.engines import ENGINES
+from fmnist_alexnet.engines import ENGINES, load_classifier
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import TTA_CHOICES
 from fmnist_alexnet.export import FORMATS
@@ -598,7 +598,6 @@ def _report(args) -> int:
 
 
 def _predict(args) -> int:
-    from fmnist_alexnet.engines import load_classifier
     from fmnist_alexnet.predict import predict_images
 
     model, _ = load_classifier(args.model, args.engine, args.device, args.precision)
