@@ -8,6 +8,7 @@ from fmnist_alexnet.argtypes import duration
 from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs, replan, replan_step
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.messages import FEW_HOUR_EPOCHS, few_epochs_line
 
 
 @pytest.mark.parametrize(
@@ -100,3 +101,19 @@ def test_the_count_is_planned_again_while_the_rates_ignore_the_total(
 ):
     config = resolve("hour", {"schedule": schedule, "warmup_epochs": warmup_epochs})
     assert replan_step(config, steps_per_epoch=429) == expected
+
+
+@pytest.mark.parametrize(("preset", "budget_s", "noted"), [
+    ("hour", 400.0, True),  # 5 epochs fit: quick's own count
+    ("hour", 460.0, False),  # 6 fit
+    ("quick", 400.0, False),  # quick's recipe is the one the note points to
+])  # fmt: skip
+def test_hour_says_when_so_few_epochs_fit_that_quick_did_better(preset, budget_s, noted):
+    config = resolve(preset, {"time_budget": budget_s, "epochs": 40})
+    plan = fit_epochs(config, SPEEDS, spent_s=30.0, **SIZES)
+    assert plan.epochs == (6 if budget_s == 460.0 else 5) and FEW_HOUR_EPOCHS == 5
+    note = few_epochs_line(config, plan)
+    assert (note is not None) == noted
+    if noted:
+        assert note.startswith("note: only 5 epochs of the hour preset's recipe fit")
+        assert "--preset quick --time-budget 400s" in note

@@ -33,6 +33,7 @@ from fmnist_alexnet.messages import (
     budget_line,
     diverged_line,
     epoch_line,
+    few_epochs_line,
     replan_line,
     resumed_line,
     start_line,
@@ -153,6 +154,8 @@ def train(
         if dist.is_main:
             if budget is not None:
                 log(budget_line(budget, config.image_size))
+                if note := few_epochs_line(config, budget):
+                    log(note)
             log(start_line(config, device, precision, data, run))
             if resume is not None:
                 log(resumed_line(runtime["resumed"]))
