@@ -19,6 +19,7 @@ from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
+from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure
 from fmnist_alexnet.recipe import reproduce_command
 from fmnist_alexnet.report import model_card
 
@@ -26,6 +27,27 @@ from fmnist_alexnet.report import model_card
 @pytest.fixture(scope="module")
 def run_dir(small_run):
     return small_run
+
+
+@pytest.mark.parametrize("epochs", [5, 28])
+def test_curves_label_every_epoch_until_the_labels_would_collide(epochs):
+    history = [
+        dict(epoch=e, train_loss=1 / e, train_acc=1 - 1 / e, val_loss=1 / e, val_acc=1 - 1 / e)
+        for e in range(1, epochs + 1)
+    ]
+    figure = curves_figure(history)
+    figure.canvas.draw()
+    for ax in figure.axes:
+        low, high = ax.get_xlim()
+        ticks = [t for t in ax.get_xticks() if low <= t <= high]  # the ones drawn
+        assert all(t == int(t) and 1 <= t <= epochs for t in ticks)  # whole epochs, no 0
+        if epochs <= MAX_EPOCH_TICKS:
+            assert ticks == list(range(1, epochs + 1))
+        else:
+            assert 3 <= len(ticks) <= MAX_EPOCH_TICKS
+    import matplotlib.pyplot as plt
+
+    plt.close(figure)
 
 
 def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):

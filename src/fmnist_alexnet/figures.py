@@ -10,6 +10,7 @@ import numpy as np
 from fmnist_alexnet.atomic import atomic_write
 
 SAMPLE_GRID = (5, 8)
+MAX_EPOCH_TICKS = 15  # every epoch is labelled up to this many; beyond, the labels collide
 MISTAKE_PAIRS, MISTAKES_PER_PAIR = 4, 6
 
 
@@ -23,6 +24,7 @@ def save_figure(path: Path, figure) -> Path:
 
 def curves_figure(history: list[dict]):
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     epochs = [row["epoch"] for row in history]
@@ -37,10 +39,14 @@ def curves_figure(history: list[dict]):
         ax.set_title(title)
         ax.grid(alpha=0.3)
         ax.legend()
-        ax.set_xticks(epochs)
+        if len(epochs) <= MAX_EPOCH_TICKS:
+            ax.set_xticks(epochs)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=MAX_EPOCH_TICKS, integer=True))
+            ax.set_xlim(epochs[0] - 0.5, epochs[-1] + 0.5)  # no tick for an epoch 0
     figure.suptitle(
-        "train: the epoch's batches as trained (dropout on, augmented if the recipe augments)"
-        + ("" if validated else "; no validation split")
+        "train: the epoch's batches as trained (dropout on; augmented and label-smoothed if "
+        "the recipe does so)" + ("" if validated else "; no validation split")
     )
     return figure
 
