@@ -116,4 +116,4 @@ def test_hour_says_when_so_few_epochs_fit_that_quick_did_better(preset, budget_s
     assert (note is not None) == noted
     if noted:
         assert note.startswith("note: only 5 epochs of the hour preset's recipe fit")
-        assert "--preset quick --time-budget 400s" in note
+        assert note.endswith("try --preset quick --time-budget 400s")
