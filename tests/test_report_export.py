@@ -21,7 +21,7 @@ from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
 from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure
 from fmnist_alexnet.recipe import reproduce_command
-from fmnist_alexnet.report import model_card
+from fmnist_alexnet.report import _time_line, model_card
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +73,22 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
 def test_reproduce_command_names_only_what_differs_from_the_preset():
     config = resolve("quick", {"lr": 0.002, "flip": False, "out": "x"}).to_dict()
     assert reproduce_command(config) == "fmnist-alexnet train --preset quick --lr 0.002 --no-flip"
+    config = resolve("hour", {"epochs": 28, "time_budget": 0.0}).to_dict()
+    assert (
+        reproduce_command(config)
+        == "fmnist-alexnet train --preset hour --epochs 28 --time-budget 0"
+    )
+
+
+def test_the_card_says_when_a_wall_time_adds_up_several_processes():
+    history = [{"elapsed_s": 100.4}, {"elapsed_s": 250.6}]
+    assert _time_line(history, {}) == "- Training wall time 251 s over 2 epochs."
+    resumed = _time_line(history, {"resumed": {"epoch": 1, "step": 8, "changed": {}}})
+    assert resumed == (
+        "- Training wall time 251 s over 2 epochs, summed over the processes that trained it "
+        "(resumed at least once)."
+    )
+    assert _time_line([], {}) == "- No epochs recorded."
 
 
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):

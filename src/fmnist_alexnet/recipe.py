@@ -113,5 +113,7 @@ def reproduce_command(config: dict) -> str:
         if isinstance(value, bool):
             flags.append(flag if value else "--no-" + key.replace("_", "-"))
         else:
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)  # --time-budget 0, not 0.0
             flags.append(f"{flag} {value}")
     return " ".join(flags)

@@ -70,7 +70,6 @@ def model_card(
         chosen = "the last epoch: the run held out no validation split"
     else:
         chosen = f"chosen by validation accuracy {loaded.best_val_acc:.4f}"
-    wall = history[-1]["elapsed_s"] if history else None
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE | {"runtime"}}
     lines = [
         f"# Model card: {spec.arch} on Fashion-MNIST ({run_path.name})",
@@ -117,9 +116,7 @@ def model_card(
         f"- Device {runtime.get('device', '?')} ({runtime.get('device_name', 'unknown')}), "
         f"{runtime.get('precision', '?')}, torch {runtime.get('torch', '?')}, "
         f"{runtime.get('world_size', 1)} process(es).",
-        f"- Training wall time {wall:.0f} s over {len(history)} epochs."
-        if wall is not None
-        else "- No epochs recorded.",
+        _time_line(history, runtime),
         "",
     ]
     return "\n".join(lines)
@@ -151,3 +148,12 @@ def _validation(images, split_seed: int) -> str:
         f"validation (model selection) on {_count(images)} held out of the training set "
         f"(split seed {split_seed})"
     )
+
+
+def _time_line(history: list[dict], runtime: dict) -> str:
+    if not history:
+        return "- No epochs recorded."
+    line = f"- Training wall time {history[-1]['elapsed_s']:.0f} s over {len(history)} epochs"
+    if "resumed" in runtime:  # the processes' times add up; the gaps between them do not
+        return line + ", summed over the processes that trained it (resumed at least once)."
+    return line + "."
