@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import numpy as np
 import onnxruntime
 import pytest
@@ -45,8 +46,6 @@ def test_curves_label_every_epoch_until_the_labels_would_collide(epochs):
             assert ticks == list(range(1, epochs + 1))
         else:
             assert 3 <= len(ticks) <= MAX_EPOCH_TICKS
-    import matplotlib.pyplot as plt
-
     plt.close(figure)
 
 
