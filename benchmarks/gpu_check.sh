@@ -14,11 +14,10 @@
 # (d2l's exact recipe; the CPU ran it in bf16); torch.compile's benchmark if time is left.
 # Each run is capped (a capped run keeps its metrics but has no test figure). DEVICE=cpu
 # with a small BUDGET dry-runs the script's plumbing on a CPU; EXTRA adds flags to every
-# training run (EXTRA="--limit-train 512 --limit-eval 256 --image-size 64" lets a dry run's
-# runs finish). The whole script keeps
-# within BUDGET seconds (default 420, which leaves a 15-minute device lease room for a
-# rerun). Every step writes JSON or a log under $OUT, and one failing step does not stop
-# the rest.
+# training run (EXTRA="--limit-train 512 --limit-eval 256 --image-size 64 --epochs 2" lets
+# a dry run's runs finish). The whole script keeps within BUDGET seconds (default 420,
+# which leaves a 15-minute device lease room for a rerun). Every step writes JSON or a log
+# under $OUT, and one failing step does not stop the rest.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu-check-out}
