@@ -146,6 +146,22 @@ def test_missing_garbage_and_foreign_files(tmp_path):
     garbage.write_bytes(b"\x00not a checkpoint" * 10)
     with pytest.raises(FmnistError, match="not a readable checkpoint"):
         load_checkpoint(garbage)
+    text = tmp_path / "notes.pt"  # torch's unpickler raised a bare KeyError on this one
+    text.write_text("hello world\n")
+    with pytest.raises(FmnistError, match=r"not a readable checkpoint \(not a zip archive"):
+        load_checkpoint(text)
+    empty = tmp_path / "empty.pt"
+    empty.touch()
+    with pytest.raises(FmnistError, match=r"not a readable checkpoint \(the file is empty\)"):
+        load_checkpoint(empty)
+    whole = save_checkpoint(tmp_path / "whole.pt", small_checkpoint()).read_bytes()
+    cut = tmp_path / "cut.pt"
+    cut.write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(FmnistError, match=r"\(a damaged or truncated zip archive\)"):
+        load_checkpoint(cut)
+    cut.write_bytes(whole[:-26] + (2).to_bytes(4, "little") + whole[-22:])  # zip64 "disks"
+    with pytest.raises(FmnistError, match=r"\(a damaged or truncated zip archive\)"):
+        load_checkpoint(cut)  # zipfile.is_zipfile itself raised BadZipFile on this one
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(2)}, foreign)
     with pytest.raises(FmnistError, match="not an fmnist-alexnet checkpoint"):

@@ -394,6 +394,39 @@ def _reference_state():
     return _model_for(spec).state_dict()
 
 
+@examples(60)
+@given(
+    how=st.sampled_from(["truncate", "flip", "flip-end", "junk-before", "junk-after", "random"]),
+    where=st.floats(0, 1),
+    noise=st.binary(min_size=1, max_size=64),
+)
+def test_files_damaged_byte_by_byte_are_one_clear_error(folder, template, how, where, noise):
+    """Whatever the bytes (torch.save's zip cut short or overwritten, junk around it, or no
+    checkpoint at all), loading gives a checkpoint or one line naming the file. A text file
+    once made torch's unpickler raise a bare KeyError."""
+    path = folder / "bytes.pt"
+    torch.save({"format_version": 3, **template, "model": {"w": torch.arange(6.0)}}, path)
+    whole = path.read_bytes()
+    at = int(where * len(whole))
+    end = len(whole) - 1 - int(where * 63)  # in the zip's end records
+    damaged = {
+        "truncate": whole[:at],
+        "flip": whole[:at] + noise + whole[at + len(noise) :],
+        "flip-end": whole[:end] + noise[:4] + whole[end + len(noise[:4]) :],
+        "junk-before": noise + whole,
+        "junk-after": whole + noise,
+        "random": noise,
+    }[how]
+    path.write_bytes(damaged)
+    try:
+        load_checkpoint(path)
+    except FmnistError as exc:
+        assert str(path) in str(exc) and "\n" not in str(exc)
+        assert "weights_only" not in str(exc)  # no advice to load it unsafely
+    finally:
+        path.unlink()
+
+
 class _RunsCode:
     """Unpickling this would create the marker file: the test proves it never happens."""
 

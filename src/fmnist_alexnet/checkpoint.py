@@ -145,22 +145,40 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it
             warnings.simplefilter("ignore")
             state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if _refused_object(exc, path):
+    except Exception as exc:  # a file that is not torch.save's zip can fail anywhere in pickle
+        refused = isinstance(exc, pickle.UnpicklingError) and _refused_object(exc, path)
+        if refused:
             raise FmnistError(
-                f"{path}: not loaded: it holds code or objects ({_refused_object(exc, path)}) "
+                f"{path}: not loaded: it holds code or objects ({refused}) "
                 "that an fmnist-alexnet checkpoint never holds, and unpickling them could "
                 "run code; only weights, numbers and strings are read from a checkpoint"
             ) from None
-        raise FmnistError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
-    except (zipfile.BadZipFile, RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise FmnistError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
+        raise FmnistError(
+            f"{path}: not a readable checkpoint ({_why_unreadable(exc, path)})"
+        ) from None
     return Checkpoint.from_state(state, path)
 
 
-def _first_line(exc: BaseException) -> str:
+def _why_unreadable(exc: BaseException, path: Path) -> str:
+    """One short reason: torch's own first line is often advice about ``weights_only``."""
+    if path.stat().st_size == 0:
+        return "the file is empty"
+    if not _is_zip(path):
+        with open(path, "rb") as handle:
+            if handle.read(4) == b"PK\x03\x04":
+                return "a damaged or truncated zip archive"
+        return "not a zip archive, the format torch.save has written since PyTorch 1.6"
     text = str(exc).strip()
+    detail = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+    text = detail.group(1) if detail else text.split(". This is an internal miniz error")[0]
     return text.splitlines()[0][:200] if text else type(exc).__name__
+
+
+def _is_zip(path: Path) -> bool:
+    try:
+        return zipfile.is_zipfile(path)
+    except zipfile.BadZipFile:  # it raises on some damaged ends, e.g. "span multiple disks"
+        return False
 
 
 def _refused_object(exc: BaseException, path: Path) -> str | None:
