@@ -9,6 +9,7 @@ from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.recipe import read_recipe, recipe_of, write_recipe
+from fmnist_alexnet.tune import read_space
 
 
 def test_a_recipe_written_as_toml_resolves_to_the_same_config(tmp_path):
@@ -40,6 +41,14 @@ def test_flags_override_the_file_and_the_file_the_preset(tmp_path):
     assert config.momentum == resolve("seed", {}).momentum  # the rest from the preset
     config, _ = plan_run("quick", {}, None, read_recipe(tmp_path / "r.toml"))
     assert config.preset == "quick" and config.lr == 0.05
+
+
+def test_a_recipe_or_space_that_is_not_utf8_is_one_line(tmp_path):
+    (tmp_path / "r.toml").write_bytes(b"lr = 0.1\n# caf\xe9\n")  # Latin-1, say
+    with pytest.raises(FmnistError, match=r"r.toml: not UTF-8 text \(byte 0xe9 at offset 14\)"):
+        read_recipe(tmp_path / "r.toml")  # was a UnicodeDecodeError traceback
+    with pytest.raises(FmnistError, match=r"--space .*r.toml: not UTF-8 text"):
+        read_space(tmp_path / "r.toml")
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
+from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
 from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure
@@ -93,6 +94,35 @@ def test_the_card_says_when_a_wall_time_adds_up_several_processes():
 def test_report_on_a_folder_that_is_not_a_run(tmp_path, capsys):
     assert main(["report", str(tmp_path)]) == 2
     assert "not a finished run folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [("{", "not a readable run config"), ("[1, 2]", "not a run config"), ("\udcff", "UTF-8")],
+)
+def test_report_on_a_run_whose_config_json_is_damaged(tmp_path, capsys, text, says):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "best.pt").touch()
+    (tmp_path / "config.json").write_bytes(text.encode("utf-8", "surrogateescape"))
+    assert main(["report", str(tmp_path)]) == 2  # was a JSONDecodeError traceback
+    err = capsys.readouterr().err
+    assert says in err and "config.json" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("contract", ["{", "[1]"])
+def test_an_onnx_file_with_a_damaged_contract_is_one_line(tmp_path, contract):
+    from onnx import TensorProto, helper, save
+
+    value = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])
+    out = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g", [value], [out])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    meta = model.metadata_props.add()
+    meta.key, meta.value = "fmnist_alexnet", contract
+    save(model, str(tmp_path / "m.onnx"))
+    with pytest.raises(FmnistError, match="m.onnx: its fmnist-alexnet contract is not"):
+        OnnxModel.load(tmp_path / "m.onnx")
 
 
 # TorchScript is kept for older runtimes although the pinned torch deprecates torch.jit (README);

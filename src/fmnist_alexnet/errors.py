@@ -6,3 +6,8 @@ class FmnistError(Exception):
 
     The message is one line, says what went wrong and, where possible, how to fix it.
     """
+
+
+def not_utf8(exc: UnicodeDecodeError) -> str:
+    """Why a text file could not be read, in words: where its first non-UTF-8 byte is."""
+    return f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"

@@ -99,7 +99,13 @@ class OnnxModel:
         props = session.get_modelmeta().custom_metadata_map
         if CONTRACT_KEY not in props:
             raise FmnistError(f"{path}: not exported by fmnist-alexnet (no contract in it)")
-        return cls(session, ModelSpec.from_dict(json.loads(props[CONTRACT_KEY]), str(path)))
+        try:
+            contract = json.loads(props[CONTRACT_KEY])
+        except ValueError:
+            raise FmnistError(f"{path}: its fmnist-alexnet contract is not valid JSON") from None
+        if not isinstance(contract, dict):
+            raise FmnistError(f"{path}: its fmnist-alexnet contract is not a JSON object")
+        return cls(session, ModelSpec.from_dict(contract, str(path)))
 
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         inputs = self.spec.preprocess()(images).numpy()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from fmnist_alexnet.atomic import atomic_write_text
 from fmnist_alexnet.config import PRESETS, TrainConfig
-from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.errors import FmnistError, not_utf8
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -39,6 +39,8 @@ def read_recipe(path: str | Path) -> dict:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise FmnistError(f"--config {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FmnistError(f"--config {path}: {not_utf8(exc)}") from None
     try:
         values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (ValueError, tomllib.TOMLDecodeError) as exc:

@@ -33,7 +33,7 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
     best = run.checkpoints / "best.pt"
     if not (run.path / "config.json").is_file() or not best.is_file():
         raise FmnistError(f"{run.path}: not a finished run folder (needs config.json and best.pt)")
-    config = json.loads((run.path / "config.json").read_text())
+    config = run.read_config()
     history = run.read_metrics()
     loaded = load_model(best, device)
     images, labels = load_split(find_data(data_dir or loaded.config.data_dir), "test")

@@ -22,7 +22,7 @@ from fmnist_alexnet.atomic import (
     remove_temp_files,
     write_error,
 )
-from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.errors import FmnistError, not_utf8
 
 
 class RunDir:
@@ -106,6 +106,19 @@ class RunDir:
 
     def write_config(self, config, runtime: dict) -> None:
         self.write_json("config.json", {**config.to_dict(), "runtime": runtime})
+
+    def read_config(self) -> dict:
+        """``config.json`` as :meth:`write_config` wrote it, or one error naming the file."""
+        path = self.path / "config.json"
+        try:
+            value = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as exc:
+            raise FmnistError(f"{path}: not a readable run config: {not_utf8(exc)}") from None
+        except (OSError, ValueError) as exc:
+            raise FmnistError(f"{path}: not a readable run config ({exc})") from None
+        if not isinstance(value, dict) or not isinstance(value.get("runtime", {}), dict):
+            raise FmnistError(f"{path}: not a run config (expected a JSON object of settings)")
+        return value
 
     def write_json(self, name: str, value: dict) -> None:
         if self.enabled:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist_alexnet.config import TrainConfig, resolve
-from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.errors import FmnistError, not_utf8
 
 DEFAULT_SPACE: dict[str, dict] = {
     "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
@@ -55,6 +55,8 @@ def read_space(path: str | Path) -> dict:
         space = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise FmnistError(f"--space {path}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FmnistError(f"--space {path}: {not_utf8(exc)}") from None
     except tomllib.TOMLDecodeError as exc:
         raise FmnistError(f"--space {path}: not valid TOML ({exc})") from None
     check_space(space, f"--space {path}")
