@@ -9,6 +9,7 @@ from conftest import TINY_ARGS
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.recipe import read_recipe
+from fmnist_alexnet.tune_space import DEFAULT_SPACE, check_space, read_space
 
 # The seed is searched: on 128 images at 63 px the trials differ by their seed alone, which
 # gives the median pruner different epoch-1 validation accuracies to compare (the optuna
@@ -82,3 +83,34 @@ def test_a_trial_that_cannot_run_fails_in_one_line_and_the_study_goes_on(tmp_pat
     assert out.count("failed: --image-size 64 is too small") == 2, out
     assert "Traceback" not in out and "no trial completed" in out
     assert "Trial 1 failed: --image-size 64" in (tmp_path / "t" / "tune_report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    ("table", "says"),
+    [
+        ('[lr]\ntype = "float"\nlow = "a"\nhigh = 1', "[lr] low = 'a' should be a finite number"),
+        ('[lr]\ntype = "float"\nlow = 0\nhigh = 1\nlog = true', "log = true needs low > 0"),
+        ('[lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nsteps = 3', "has no key 'steps'"),
+        ('[lr]\ntype = "float"\nlow = 1e-4\nhigh = 1e-3\nlog = "yes"', "should be true or false"),
+        ('[lr]\ntype = "categorical"\nchoices = ["a"]', "choice 'a' should be a finite number"),
+        ('[image_size]\ntype = "categorical"\nchoices = []', "should be a non-empty list"),
+        ('[epochs]\ntype = "float"\nlow = 1\nhigh = 4', 'takes a whole number: use type = "int"'),
+        ('[flip]\ntype = "int"\nlow = 0\nhigh = 1', 'use type = "categorical"'),
+        ('[arch]\ntype = "categorical"\nchoices = ["alexnet", 3]', "choice 3 should be a string"),
+    ],
+)
+def test_a_space_that_cannot_work_is_one_line_before_any_trial(tmp_path, capsys, table, says):
+    """Each was an Optuna or TypeError traceback, or an option silently ignored."""
+    space = tmp_path / "space.toml"
+    space.write_text(table + "\n")
+    assert main(["tune", "--out", str(tmp_path / "t"), "--space", str(space)]) == 2
+    err = capsys.readouterr().err
+    assert says in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t").exists()  # refused before the study was created
+
+
+def test_the_default_space_and_a_good_file_pass_the_check(tmp_path):
+    check_space(DEFAULT_SPACE, "default")
+    good = tmp_path / "space.toml"
+    good.write_text(SPACE + '[flip]\ntype = "categorical"\nchoices = [true, false]\n')
+    assert read_space(good)["flip"]["choices"] == [True, False]

@@ -679,7 +679,8 @@ def _serve(args) -> int:
 def _tune(args) -> int:
     from pathlib import Path
 
-    from fmnist_alexnet.tune import DEFAULT_SPACE, TuneSettings, read_space, tune
+    from fmnist_alexnet.tune import TuneSettings, tune
+    from fmnist_alexnet.tune_space import DEFAULT_SPACE, read_space
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("out", "preset")]
     fixed = _given(args, names)

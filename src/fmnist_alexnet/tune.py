@@ -18,17 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fmnist_alexnet.config import TrainConfig, resolve
-from fmnist_alexnet.errors import FmnistError, not_utf8
-
-DEFAULT_SPACE: dict[str, dict] = {
-    "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
-    "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
-    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
-    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
-    "image_size": {"type": "categorical", "choices": [64, 96, 128]},
-    "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
-}
-_KINDS = {"float": ("low", "high"), "int": ("low", "high"), "categorical": ("choices",)}
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.tune_space import DEFAULT_SPACE
 
 
 @dataclass
@@ -43,38 +34,6 @@ class TuneSettings:
     prune_startup: int = 3  # completed trials before the pruner prunes
     prune_warmup: int = 1  # epochs a trial trains before it can be pruned
     sampler_seed: int | None = None
-
-
-def read_space(path: str | Path) -> dict:
-    """A TOML search space: one table per TrainConfig field, e.g.
-    ``[lr]`` with ``type = "float"``, ``low``, ``high``, ``log = true``, or
-    ``[image_size]`` with ``type = "categorical"``, ``choices = [64, 96]``."""
-    from fmnist_alexnet.recipe import tomllib
-
-    try:
-        space = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise FmnistError(f"--space {path}: cannot read it ({exc.strerror or exc})") from None
-    except UnicodeDecodeError as exc:
-        raise FmnistError(f"--space {path}: {not_utf8(exc)}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise FmnistError(f"--space {path}: not valid TOML ({exc})") from None
-    check_space(space, f"--space {path}")
-    return space
-
-
-def check_space(space: dict, where: str) -> None:
-    known = TrainConfig.__dataclass_fields__
-    for name, spec in space.items():
-        if name not in known or name in ("out", "preset"):
-            raise FmnistError(f"{where}: {name!r} is not a setting tune can search")
-        if not isinstance(spec, dict) or spec.get("type") not in _KINDS:
-            raise FmnistError(f"{where}: [{name}] needs type = one of {', '.join(_KINDS)}")
-        missing = [key for key in _KINDS[spec["type"]] if key not in spec]
-        if missing:
-            raise FmnistError(f"{where}: [{name}] needs {', '.join(missing)}")
-        if spec["type"] != "categorical" and not spec["low"] < spec["high"]:
-            raise FmnistError(f"{where}: [{name}] needs low < high")
 
 
 # Trials are compared at equal epochs: under a time budget (the hour preset's) each would

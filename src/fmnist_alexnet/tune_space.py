@@ -1,0 +1,114 @@
+"""tune's search space: the default one, and a TOML ``--space`` file read and checked
+before any trial runs, so that a typo or a wrong type is one line naming the table, not a
+traceback from Optuna or a study of trials that all fail the same way."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from pathlib import Path
+
+from fmnist_alexnet.config import TrainConfig
+from fmnist_alexnet.errors import FmnistError, not_utf8
+
+DEFAULT_SPACE: dict[str, dict] = {
+    "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
+    "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
+    "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.6},
+    "image_size": {"type": "categorical", "choices": [64, 96, 128]},
+    "batch_size": {"type": "categorical", "choices": [64, 128, 256]},
+}
+# Each kind's keys: those it needs, then those it may have.
+KINDS = {
+    "float": (("low", "high"), ("log",)),
+    "int": (("low", "high"), ("log",)),
+    "categorical": (("choices",), ()),
+}
+_FIELD_KINDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+_NOT_SEARCHED = ("out", "preset")
+
+
+def read_space(path: str | Path) -> dict:
+    """A TOML search space: one table per TrainConfig field, e.g.
+    ``[lr]`` with ``type = "float"``, ``low``, ``high``, ``log = true``, or
+    ``[image_size]`` with ``type = "categorical"``, ``choices = [64, 96]``."""
+    from fmnist_alexnet.recipe import tomllib
+
+    where = f"--space {path}"
+    try:
+        space = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise FmnistError(f"{where}: cannot read it ({exc.strerror or exc})") from None
+    except UnicodeDecodeError as exc:
+        raise FmnistError(f"{where}: {not_utf8(exc)}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise FmnistError(f"{where}: not valid TOML ({exc})") from None
+    check_space(space, where)
+    return space
+
+
+def check_space(space: dict, where: str) -> None:
+    for name, spec in space.items():
+        if name not in _FIELD_KINDS or name in _NOT_SEARCHED:
+            raise FmnistError(f"{where}: {name!r} is not a setting tune can search")
+        if not isinstance(spec, dict) or spec.get("type") not in KINDS:
+            raise FmnistError(f"{where}: [{name}] needs type = one of {', '.join(KINDS)}")
+        needed, optional = KINDS[spec["type"]]
+        missing = [key for key in needed if key not in spec]
+        if missing:
+            raise FmnistError(f"{where}: [{name}] needs {', '.join(missing)}")
+        unknown = sorted(set(spec) - {"type", *needed, *optional})
+        if unknown:
+            allowed = ", ".join(("type", *needed, *optional))
+            raise FmnistError(f"{where}: [{name}] has no key {unknown[0]!r} (it takes {allowed})")
+        if spec["type"] == "categorical":
+            _check_choices(where, name, spec["choices"])
+        else:
+            _check_range(where, name, spec)
+
+
+def _check_range(where: str, name: str, spec: dict) -> None:
+    kind, field = spec["type"], _FIELD_KINDS[name]
+    if field not in ("int", "float") or (kind == "float" and field == "int"):
+        fits = "int" if field == "int" else "categorical"
+        raise FmnistError(f'{where}: [{name}] takes {_kind_words(field)}: use type = "{fits}"')
+    low, high = spec["low"], spec["high"]
+    for key, value in (("low", low), ("high", high)):
+        if not _fits(kind, value):
+            raise FmnistError(f"{where}: [{name}] {key} = {value!r} should be {_kind_words(kind)}")
+    if not low < high:
+        raise FmnistError(f"{where}: [{name}] needs low < high")
+    log = spec.get("log", False)
+    if not isinstance(log, bool):
+        raise FmnistError(f"{where}: [{name}] log = {log!r} should be true or false")
+    if log and not low > 0:
+        raise FmnistError(f"{where}: [{name}] log = true needs low > 0, got {low!r}")
+
+
+def _check_choices(where: str, name: str, choices) -> None:
+    field = _FIELD_KINDS[name]
+    if not isinstance(choices, list) or not choices:
+        raise FmnistError(f"{where}: [{name}] choices should be a non-empty list")
+    for value in choices:
+        if not _fits(field, value):
+            raise FmnistError(f"{where}: [{name}] choice {value!r} should be {_kind_words(field)}")
+
+
+def _fits(kind: str, value) -> bool:
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    return {
+        "bool": isinstance(value, bool),
+        "int": number and isinstance(value, int),
+        "float": number and math.isfinite(value),
+        "str": isinstance(value, str),
+        "str | None": isinstance(value, str),  # TOML has no null
+    }[kind]
+
+
+def _kind_words(kind: str) -> str:
+    return {
+        "bool": "true or false",
+        "int": "a whole number",
+        "float": "a finite number",
+    }.get(kind, "a string")
