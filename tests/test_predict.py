@@ -2,6 +2,7 @@
 
 import io
 import json
+import os
 import warnings
 
 import numpy as np
@@ -12,7 +13,7 @@ from PIL import Image
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.data.sources import load_splits
-from fmnist_alexnet.predict import predict_images, prepare_image
+from fmnist_alexnet.predict import find_images, predict_images, prepare_image
 
 N = 60
 
@@ -154,6 +155,8 @@ def test_broken_files_are_reported_and_the_rest_predicted(tmp_path, originals, t
     buffer = io.BytesIO()
     Image.fromarray(originals[0][3]).resize((200, 200)).save(buffer, format="PNG")
     (folder / "cut.png").write_bytes(buffer.getvalue()[:300])
+    (folder / "gone.png").symlink_to(tmp_path / "nowhere.png")  # a broken link: reported
+    save_all(folder / "album.png", originals[0][3:4], Image.fromarray, ".png")  # a folder
     code = main(
         [
             "predict",
@@ -168,9 +171,22 @@ def test_broken_files_are_reported_and_the_rest_predicted(tmp_path, originals, t
     results = json.loads(capsys.readouterr().out)
     assert code == 1
     errors = {r["path"].rsplit("/", 1)[1]: r["error"] for r in results if "error" in r}
-    assert set(errors) == {"notes.png", "cut.png", "missing.png"}
+    assert set(errors) == {"notes.png", "cut.png", "missing.png", "gone.png"}
     assert "not an image file" in errors["notes.png"] and "file not found" in errors["missing.png"]
-    assert sum("top" in r for r in results) == 3
+    assert "file not found" in errors["gone.png"]
+    assert sum("top" in r for r in results) == 4  # 3 + the one inside album.png/
+
+
+def test_a_folder_yields_its_image_files_but_no_fifo(tmp_path):
+    """Reading a FIFO found in a folder would block predict forever; one named on the
+    command line is read (``predict RUN <(curl ...)`` passes a pipe)."""
+    (tmp_path / "a.png").write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.JPG").write_bytes(b"x")
+    (tmp_path / "notes.txt").write_bytes(b"x")
+    os.mkfifo(tmp_path / "pipe.png")
+    assert find_images([tmp_path]) == [tmp_path / "a.png", tmp_path / "sub" / "b.JPG"]
+    assert find_images([tmp_path / "pipe.png"]) == [tmp_path / "pipe.png"]
 
 
 def test_decompression_bomb_is_refused(tmp_path, trained, capsys):

@@ -40,11 +40,14 @@ class Classifier(Protocol):
 
 
 def find_images(paths) -> list[Path]:
-    """Files as given; folders searched recursively for image files, sorted."""
+    """Files as given (a pipe too: ``<(curl ...)``); folders searched recursively for files
+    with an image suffix, sorted, less what is there but not a regular file (a FIFO would
+    block the read forever); a broken link is kept, to be reported."""
     found: list[Path] = []
     for path in map(Path, paths):
         if path.is_dir():
-            found.extend(sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES))
+            images = (p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+            found.extend(sorted(p for p in images if p.is_file() or not p.exists()))
         else:
             found.append(path)
     return found
