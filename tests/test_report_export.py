@@ -21,7 +21,7 @@ from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
-from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure
+from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure, samples_figure
 from fmnist_alexnet.recipe import reproduce_command
 from fmnist_alexnet.report import _time_line, model_card
 
@@ -68,6 +68,15 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
     assert f"| Ankle boot | {full_test['per_class']['Ankle boot']:.4f} |" in card
     assert "- Training on 512 images; validation (model selection) on 256 held out of the " in card
+
+
+@pytest.mark.parametrize(("n", "shown", "cells"), [(1, 1, 8), (9, 9, 16), (100, 40, 40)])
+def test_the_samples_grid_fits_a_test_set_smaller_than_itself(n, shown, cells):
+    """A run's --limit-eval under the grid's 40 images made the report raise ValueError."""
+    images, labels = np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.int64)
+    figure = samples_figure(images, labels, labels, ["T-shirt/top"])
+    assert (sum(ax.axison for ax in figure.axes), len(figure.axes)) == (shown, cells)
+    plt.close(figure)
 
 
 def test_reproduce_command_names_only_what_differs_from_the_preset():

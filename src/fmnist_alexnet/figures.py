@@ -82,11 +82,15 @@ def samples_figure(images, labels, predictions, names):
     import matplotlib.pyplot as plt
 
     rows, cols = SAMPLE_GRID
-    picks = np.random.default_rng(0).choice(len(images), rows * cols, replace=False)
+    shown = min(rows * cols, len(images))  # a run's --limit-eval can leave fewer
+    rows = -(-shown // cols)
+    picks = np.random.default_rng(0).choice(len(images), shown, replace=False)
     figure, axes = plt.subplots(
         rows, cols, figsize=(cols * 1.6, rows * 1.9), constrained_layout=True
     )
-    for ax, index in zip(axes.flat, picks, strict=True):
+    for ax in axes.flat[shown:]:
+        ax.axis("off")
+    for ax, index in zip(axes.flat, picks, strict=False):
         right = predictions[index] == labels[index]
         ax.imshow(images[index], cmap="gray", vmin=0, vmax=255)
         ax.set_title(
