@@ -107,6 +107,25 @@ def test_checksum_mismatch(capsys, tmp_path):
     assert_user_error(capsys, ["data", "info", "--data-dir", str(folder)], "checksum mismatch")
 
 
+def test_files_that_are_not_the_published_dataset_are_said_so_everywhere(capsys, tmp_path):
+    """Train, evaluate and the model card name synthetic files as not the published ones,
+    and the card does not call their test set the official one."""
+    folder = write_dataset(tmp_path / "data", n_train=96, n_test=20)
+    run = tmp_path / "r"
+    argv = ["train", "--data-dir", str(folder), "--out", str(run), "--image-size", "63"]
+    argv += ["--val-size", "32", "--batch-size", "32", "--epochs", "1", "--precision", "fp32"]
+    assert main([*argv, "--device", "cpu", "--no-progress", "--no-tensorboard"]) == 0
+    warning = f"warning: the files in {folder} are not the published Fashion-MNIST"
+    assert capsys.readouterr().out.count(warning) == 1
+    assert json.loads((run / "config.json").read_text())["runtime"]["data_published"] is False
+    assert main(["evaluate", str(run), "--data-dir", str(folder), "--device", "cpu"]) == 0
+    assert capsys.readouterr().err.startswith(warning)
+    card = (run / "report.md").read_text()  # train wrote the report, on the run's data dir
+    assert "**not the published Fashion-MNIST**" in card
+    assert "20 test images that are **not the published test set**" in card
+    assert "official" not in card
+
+
 def test_a_time_budget_too_short_for_one_epoch_says_so(capsys, tmp_path):
     argv = ["train", "--time-budget", "1s", "--out", str(tmp_path / "r"), *TINY_ARGS]
     assert_user_error(capsys, argv, "--time-budget 1s fits no epoch on this machine")
@@ -168,8 +187,10 @@ def plain_evaluation(cli_run):
 
 def test_train_then_evaluate_json(plain_evaluation, real_data):
     result = plain_evaluation
-    assert set(result) == {"split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix"}
+    keys = {"split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix"}
+    assert set(result) == keys | {"data_published"}
     assert result["split"] == "test" and result["tta"] == "none" and result["n"] == EVAL_N
+    assert result["data_published"] is True  # the real files
     matrix = torch.tensor(result["confusion_matrix"])
     assert matrix.shape == (10, 10) and int(matrix.sum()) == EVAL_N
     _, labels = sources.load_split(real_data, "test")

@@ -1,5 +1,6 @@
 import functools
 import http.server
+import os
 import shutil
 import threading
 
@@ -61,6 +62,21 @@ def test_real_files_match_published_checksums(real_data):
 def test_synthetic_files_fail_verification(tmp_path):
     found = sources.find_data(write_dataset(tmp_path))
     assert not any(sources.verify(found).values())
+
+
+_verify = sources.verify  # the real one, before a test wraps it
+
+
+def test_is_published_hashes_each_file_state_once(real_data, tmp_path, monkeypatch):
+    synthetic = sources.find_data(write_dataset(tmp_path / "synthetic"))
+    calls = []
+    monkeypatch.setattr(sources, "verify", lambda source: calls.append(source) or _verify(source))
+    monkeypatch.setattr(sources, "_PUBLISHED", {})
+    for _ in range(2):
+        assert sources.is_published(real_data) and not sources.is_published(synthetic)
+    assert len(calls) == 2  # once per file state
+    os.utime(synthetic.files["t10k-labels-idx1-ubyte"], ns=(1, 1))  # touched: hashed again
+    assert not sources.is_published(synthetic) and len(calls) == 3
 
 
 @pytest.fixture

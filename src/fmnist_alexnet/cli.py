@@ -488,6 +488,7 @@ def _report_after_training(run_dir, config) -> None:
 
 def _evaluate(args) -> int:
     from fmnist_alexnet.evaluate import evaluate_checkpoint
+    from fmnist_alexnet.messages import unpublished_data_line
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -499,8 +500,11 @@ def _evaluate(args) -> int:
         tta=args.tta,
         limit=args.limit_eval,
     )
+    if not result["data_published"]:
+        print(unpublished_data_line(result["data_directory"]), file=sys.stderr)
     if args.json:
         keys = ("split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix")
+        keys += ("data_published",)
         print(json.dumps({key: result[key] for key in keys}))
         return 0
     tta = "" if result["tta"] == "none" else f" with {result['tta']} test-time augmentation"

@@ -10,7 +10,7 @@ from torch import nn
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, validation_split
-from fmnist_alexnet.data.sources import find_data, load_split
+from fmnist_alexnet.data.sources import find_data, is_published, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import Distributed, autocast
 
@@ -128,4 +128,6 @@ def evaluate_checkpoint(
         "loss": result["loss"],
         "per_class": per_class_accuracy(result["confusion_matrix"], loaded.spec.class_names),
         "confusion_matrix": result["confusion_matrix"],
+        "data_published": is_published(source),
+        "data_directory": str(source.directory),
     }

@@ -102,3 +102,13 @@ def diverged_line(what: str, step: int, steps_per_epoch: int, kept: str, config)
         f"training diverged: {what} at step {step} (epoch {epoch}); stopped without "
         f"saving it: {kept}; try a --lr below {config.lr:g}{clip}"
     )
+
+
+def unpublished_data_line(directory) -> str:
+    """The warning for files that are not the published dataset (their numbers are not
+    Fashion-MNIST's): said once at the start of a train or evaluate command."""
+    return (
+        f"warning: the files in {directory} are not the published Fashion-MNIST "
+        f"(their SHA-256 differ; `fmnist-alexnet data info --data-dir {directory}` "
+        "says which): accuracies on them cannot be compared with published ones"
+    )

@@ -10,7 +10,7 @@ import torch
 
 from fmnist_alexnet.atomic import atomic_write_text
 from fmnist_alexnet.checkpoint import LoadedModel, load_model
-from fmnist_alexnet.data.sources import find_data, load_split
+from fmnist_alexnet.data.sources import find_data, is_published, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import per_class_accuracy
 from fmnist_alexnet.figures import (
@@ -36,7 +36,8 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
     config = run.read_config()
     history = run.read_metrics()
     loaded = load_model(best, device)
-    images, labels = load_split(find_data(data_dir or loaded.config.data_dir), "test")
+    source = find_data(data_dir or loaded.config.data_dir)
+    images, labels = load_split(source, "test")
     if loaded.config.limit_eval:  # as the run's own test did (test_metrics.json)
         images, labels = images[: loaded.config.limit_eval], labels[: loaded.config.limit_eval]
     probs = _probabilities(loaded, images)
@@ -52,15 +53,24 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
             run.path / "mistakes.png", mistakes_figure(images, labels, probs, confusion, names)
         ),
     ]
-    card = model_card(config, history, confusion, loaded, run.path)
+    card = model_card(
+        config, history, confusion, loaded, run.path, test_published=is_published(source)
+    )
     written.append(atomic_write_text(run.path / "report.md", card))
     return written
 
 
 def model_card(
-    config: dict, history: list[dict], confusion, loaded: LoadedModel, run_path: Path
+    config: dict,
+    history: list[dict],
+    confusion,
+    loaded: LoadedModel,
+    run_path: Path,
+    test_published: bool = True,
 ) -> str:
-    """``config`` is the run's config.json; the model facts come from ``best.pt`` itself."""
+    """``config`` is the run's config.json; the model facts come from ``best.pt`` itself.
+    ``test_published``: whether the test files the confusion matrix counts are the
+    published ones (by SHA-256)."""
     runtime = config.get("runtime", {})
     spec = loaded.spec
     n = int(confusion.sum())
@@ -74,7 +84,7 @@ def model_card(
     lines = [
         f"# Model card: {spec.arch} on Fashion-MNIST ({run_path.name})",
         "",
-        f"**Test accuracy {accuracy:.4f}** on {_test_set(n)}, measured once "
+        f"**Test accuracy {accuracy:.4f}** on {_test_set(n, test_published)}, measured once "
         f"on `best.pt` (epoch {loaded.best_epoch}, {chosen}).",
         "",
         "## Model",
@@ -85,7 +95,8 @@ def model_card(
         f"{spec.preprocess().describe()}. Output: logits for the classes below, in order.",
         "",
         "## Data",
-        f"- Source: {runtime.get('data_source', 'unknown')}.",
+        f"- Source: {runtime.get('data_source', 'unknown')}"
+        f"{_PUBLISHED_WORDS[runtime.get('data_published')]}.",
         f"- Training on {_count(runtime.get('train_images'))} images; "
         f"{_validation(runtime.get('val_images'), loaded.config.split_seed)}; test on {n:,}.",
         "",
@@ -122,7 +133,18 @@ def model_card(
     return "\n".join(lines)
 
 
-def _test_set(n: int) -> str:
+# What the card says of the training run's files (config.json's runtime.data_published;
+# runs from before 2026-12-02 did not record it).
+_PUBLISHED_WORDS = {
+    True: " (the published files: SHA-256 verified)",
+    False: " (**not the published Fashion-MNIST**: the files' SHA-256 differ)",
+    None: "",
+}
+
+
+def _test_set(n: int, published: bool = True) -> str:
+    if not published:
+        return f"{n:,} test images that are **not the published test set** (their SHA-256 differ)"
     if n == 10_000:
         return "the official 10,000-image test set"
     return f"the first {n:,} images of the official test set (the run's --limit-eval)"

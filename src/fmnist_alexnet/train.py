@@ -26,7 +26,7 @@ from fmnist_alexnet.data.batches import (
     train_batches,
     validation_split,
 )
-from fmnist_alexnet.data.sources import DataSource, find_data, load_splits
+from fmnist_alexnet.data.sources import DataSource, find_data, is_published, load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate
 from fmnist_alexnet.messages import (
@@ -37,6 +37,7 @@ from fmnist_alexnet.messages import (
     replan_line,
     resumed_line,
     start_line,
+    unpublished_data_line,
 )
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
 from fmnist_alexnet.optim import retarget_schedule
@@ -157,6 +158,8 @@ def train(
                 if note := few_epochs_line(config, budget):
                     log(note)
             log(start_line(config, device, precision, data, run))
+            if not runtime["data_published"]:
+                log(unpublished_data_line(data.source.directory))
             if resume is not None:
                 log(resumed_line(runtime["resumed"]))
         tracker = open_tracker(
@@ -506,6 +509,7 @@ def _runtime(config, device, precision, dist, data: RunData) -> dict:
         "world_size": dist.world_size,
         "torch": torch.__version__,
         "data_source": f"{data.source.origin}: {data.source.directory}",
+        "data_published": is_published(data.source),  # the published files, by SHA-256
         "train_images": len(data.train),
         "val_images": len(data.val),
         "test_images": len(data.test),
