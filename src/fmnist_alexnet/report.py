@@ -96,7 +96,7 @@ def model_card(
         "",
         "## Data",
         f"- Source: {runtime.get('data_source', 'unknown')}"
-        f"{_PUBLISHED_WORDS[runtime.get('data_published')]}.",
+        f"{_PUBLISHED_WORDS.get(runtime.get('data_published'), '')}.",
         f"- Training on {_count(runtime.get('train_images'))} images; "
         f"{_validation(runtime.get('val_images'), loaded.config.split_seed)}; test on {n:,}.",
         "",
@@ -134,11 +134,10 @@ def model_card(
 
 
 # What the card says of the training run's files (config.json's runtime.data_published;
-# runs from before 2026-12-02 did not record it).
+# runs from before 2026-12-02 did not record it, and get no words).
 _PUBLISHED_WORDS = {
     True: " (the published files: SHA-256 verified)",
     False: " (**not the published Fashion-MNIST**: the files' SHA-256 differ)",
-    None: "",
 }
 
 
