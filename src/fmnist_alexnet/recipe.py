@@ -22,7 +22,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-_FIELDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+FIELD_KINDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # "int", "str | None"...
 # What a run's config.json holds besides the recipe, and what a rerun must not reuse:
 # its own folder (a rerun writing there would overwrite the run it reruns).
 _RUN_ONLY = {"runtime"}
@@ -54,9 +54,9 @@ def read_recipe(path: str | Path) -> dict:
         name = key.replace("-", "_")
         if name in _RUN_ONLY or (is_run_config and name in _NOT_RERUN):
             continue
-        if name not in _FIELDS:
+        if name not in FIELD_KINDS:
             raise FmnistError(f"--config {path}: unknown setting {key!r}")
-        recipe[name] = _checked(path, key, value, _FIELDS[name])
+        recipe[name] = _checked(path, key, value, FIELD_KINDS[name])
     return recipe
 
 
@@ -75,15 +75,19 @@ def recipe_of(config: TrainConfig) -> dict:
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_RERUN}
 
 
-def _checked(path: Path, key: str, value, kind: str):
-    ok = {
+def fits(kind: str, value) -> bool:
+    """Whether ``value`` (as TOML or JSON gives it) has the type of a field of ``kind``."""
+    return {
         "bool": isinstance(value, bool),
         "int": isinstance(value, int) and not isinstance(value, bool),
         "float": isinstance(value, int | float) and not isinstance(value, bool),
         "str": isinstance(value, str),
         "str | None": value is None or isinstance(value, str),
     }[kind]
-    if not ok:
+
+
+def _checked(path: Path, key: str, value, kind: str):
+    if not fits(kind, value):
         expected = {"str | None": "a string", "bool": "true or false"}.get(kind, f"an {kind}")
         expected = "a float" if kind == "float" else expected
         raise FmnistError(f"--config {path}: {key} = {value!r} should be {expected}")

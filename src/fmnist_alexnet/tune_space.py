@@ -4,12 +4,11 @@ traceback from Optuna or a study of trials that all fail the same way."""
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 
-from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError, not_utf8
+from fmnist_alexnet.recipe import FIELD_KINDS, fits, tomllib
 
 DEFAULT_SPACE: dict[str, dict] = {
     "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
@@ -25,7 +24,6 @@ KINDS = {
     "int": (("low", "high"), ("log",)),
     "categorical": (("choices",), ()),
 }
-_FIELD_KINDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 _NOT_SEARCHED = ("out", "preset")
 
 
@@ -33,8 +31,6 @@ def read_space(path: str | Path) -> dict:
     """A TOML search space: one table per TrainConfig field, e.g.
     ``[lr]`` with ``type = "float"``, ``low``, ``high``, ``log = true``, or
     ``[image_size]`` with ``type = "categorical"``, ``choices = [64, 96]``."""
-    from fmnist_alexnet.recipe import tomllib
-
     where = f"--space {path}"
     try:
         space = tomllib.loads(Path(path).read_text(encoding="utf-8"))
@@ -50,7 +46,7 @@ def read_space(path: str | Path) -> dict:
 
 def check_space(space: dict, where: str) -> None:
     for name, spec in space.items():
-        if name not in _FIELD_KINDS or name in _NOT_SEARCHED:
+        if name not in FIELD_KINDS or name in _NOT_SEARCHED:
             raise FmnistError(f"{where}: {name!r} is not a setting tune can search")
         if not isinstance(spec, dict) or spec.get("type") not in KINDS:
             raise FmnistError(f"{where}: [{name}] needs type = one of {', '.join(KINDS)}")
@@ -69,7 +65,7 @@ def check_space(space: dict, where: str) -> None:
 
 
 def _check_range(where: str, name: str, spec: dict) -> None:
-    kind, field = spec["type"], _FIELD_KINDS[name]
+    kind, field = spec["type"], FIELD_KINDS[name]
     if field not in ("int", "float") or (kind == "float" and field == "int"):
         fits = "int" if field == "int" else "categorical"
         raise FmnistError(f'{where}: [{name}] takes {_kind_words(field)}: use type = "{fits}"')
@@ -87,7 +83,7 @@ def _check_range(where: str, name: str, spec: dict) -> None:
 
 
 def _check_choices(where: str, name: str, choices) -> None:
-    field = _FIELD_KINDS[name]
+    field = FIELD_KINDS[name]
     if not isinstance(choices, list) or not choices:
         raise FmnistError(f"{where}: [{name}] choices should be a non-empty list")
     for value in choices:
@@ -96,14 +92,8 @@ def _check_choices(where: str, name: str, choices) -> None:
 
 
 def _fits(kind: str, value) -> bool:
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    return {
-        "bool": isinstance(value, bool),
-        "int": number and isinstance(value, int),
-        "float": number and math.isfinite(value),
-        "str": isinstance(value, str),
-        "str | None": isinstance(value, str),  # TOML has no null
-    }[kind]
+    """The recipe file's type rule, with finite bounds and choices for a float."""
+    return fits(kind, value) and (kind != "float" or math.isfinite(value))
 
 
 def _kind_words(kind: str) -> str:
