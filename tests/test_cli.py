@@ -282,9 +282,9 @@ def test_every_config_field_is_a_train_flag_whose_help_states_the_true_default(c
         assert "--" + name.replace("_", "-") in help_text, name
     assert (
         preset_defaults("image_size")
-        == "default by preset: seed 224, d2l 224, quick 128, hour 128, best 224"
+        == "default by preset: seed 224, d2l 224, quick 128, hour 160, best 224"
     )
-    assert "(default by preset: seed 224, d2l 224, quick 128, hour 128, best 224)" in help_text
+    assert "(default by preset: seed 224, d2l 224, quick 128, hour 160, best 224)" in help_text
     assert preset_defaults("ema") == "default 0.0"
 
 

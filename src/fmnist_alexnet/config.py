@@ -134,13 +134,15 @@ PRESETS: dict[str, dict] = {
     "quick": _QUICK,
     # An hour of wall clock for the whole command, on any machine: --time-budget measures the
     # step speed first and trains as many epochs as fit (at most 40). The recipe is the
-    # 128 px probe of issue 13, quick's with these flags on top (RESULTS.md): test 0.9276
-    # after 18 epochs in 36 minutes on a 2-core CPU with native bf16, where an hour fits
-    # about 28; on CPUs without bf16 an hour fits only a few epochs of it (0.9018 after 3).
+    # probe of issue 13, quick's with these flags on top, at 160 px (RESULTS.md): on a
+    # 2-core Zen 5 CPU with native bf16 its hour held 16 epochs at 160 px and scored test
+    # 0.9314 (val 0.9344), against 20 epochs and 0.9296 (val 0.9298) at 128 px, one seed
+    # each, back to back. On CPUs without bf16 an hour fits only a few epochs of it.
     "hour": dict(
         _QUICK,
         epochs=40,
         time_budget=3600.0,
+        image_size=160,
         weight_decay=0.05,
         warmup_epochs=1,
         translate=2,
