@@ -223,7 +223,7 @@ def test_a_warm_up_shorter_than_an_epoch_replans_where_it_ends(tmp_path, monkeyp
     """quick's warm-up is 0.3 epochs: the count is planned again after its steps, the last
     whose rates ignore the total, and the run is still exactly the plain run of that count."""
     # quick's one-cycle, warming up for 2 of an epoch's 4 steps. The probe says 49 s an
-    # epoch: 1 fits in 95 % of a 100 s budget, less the 20 s kept for the end.
+    # epoch: 1 fits in 88 % of a 100 s budget, less the 20 s kept for the end.
     warmup = {"warmup_epochs": 0.5, "limit_train": 128}
     train(tiny_config(tmp_path / "plain", **warmup), log=quiet, test=False)
     lines = []
