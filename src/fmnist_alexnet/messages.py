@@ -27,9 +27,9 @@ def budget_line(plan, image_size: int) -> str:
     )
 
 
-# At most this many planned epochs, `hour`'s heavily regularised recipe (meant for the 16-20
-# an hour holds on a CPU with native bf16) is worse than quick's (meant for these 5): 0.9018
-# against 0.9099 at 3 epochs each, both at 128 px, RESULTS.md.
+# At most this many planned epochs, `hour`'s heavily regularised recipe (meant for the 14-16
+# an hour holds at 160 px on a CPU with native bf16) is worse than quick's (meant for these
+# 5): 0.9018 against 0.9099 at 3 epochs each, both at 128 px, RESULTS.md.
 FEW_HOUR_EPOCHS = 5
 
 
@@ -39,7 +39,7 @@ def few_epochs_line(config, plan) -> str | None:
         return None
     return (
         f"note: only {plan.epochs} epoch{'s' * (plan.epochs != 1)} of the hour preset's recipe "
-        "fit on this machine, and it is meant for about 16; where few fit, quick's lighter "
+        "fit on this machine, and it is meant for about 14-16; where few fit, quick's lighter "
         "recipe did better (0.9099 against 0.9018, 3 epochs each in 60 minutes, RESULTS.md): "
         f"try --preset quick --time-budget {plan.budget_s:g}s"
     )
