@@ -1,0 +1,83 @@
+"""Does a training step run slower from a late run's state than from a fresh one?
+
+`--time-budget` scales its plan by the first epoch, and later epochs have often run slower
+(RESULTS.md, the budgeted runs' table). If the cause were the state (weights, AdamW moments
+gone denormal, sparser activations), a step restored from a finished run's ``last.pt`` would
+be slower than one from fresh weights. This builds both from the checkpoint's own config,
+feeds them the same training batches and alternates timed windows between them, so drift in
+a shared machine's speed hits both alike. Prints each window and the medians as JSON.
+
+Usage: python benchmarks/late_state.py RUN/checkpoints/last.pt [--steps 8] [--windows 6]
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import time
+
+from fmnist_alexnet.checkpoint import load_checkpoint
+from fmnist_alexnet.runtime import (
+    Distributed,
+    configure_backends,
+    resolve_device,
+    resolve_precision,
+)
+from fmnist_alexnet.spec import ModelSpec
+from fmnist_alexnet.step import build_train_step
+from fmnist_alexnet.train import epoch_batches, load_data
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint")
+    parser.add_argument("--steps", type=int, default=8, help="steps per timed window")
+    parser.add_argument("--windows", type=int, default=6, help="timed windows of each")
+    args = parser.parse_args()
+
+    checkpoint = load_checkpoint(args.checkpoint)
+    config = checkpoint.config
+    device = resolve_device(config.device)
+    precision = resolve_precision(config.precision, device)
+    configure_backends(device, config.precision)
+    data = load_data(config, device, Distributed())
+    spec = ModelSpec.from_config(config)
+    steps = {
+        "fresh": build_train_step(config, device, precision, data.steps_per_epoch),
+        "late": build_train_step(
+            config, device, precision, data.steps_per_epoch, resume=checkpoint
+        ),
+    }
+    batches = list(itertools.islice(epoch_batches(data.train, config, spec, 0), args.steps))
+
+    def window(step) -> float:
+        start = time.perf_counter()
+        for inputs, labels in batches:
+            step(inputs, labels)
+        return len(batches) * config.batch_size / (time.perf_counter() - start)
+
+    for step in steps.values():
+        window(step)  # untimed: kernels and allocations
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    for w in range(args.windows):
+        for name in ("fresh", "late") if w % 2 == 0 else ("late", "fresh"):
+            rates[name].append(round(window(steps[name]), 1))
+    medians = {name: statistics.median(values) for name, values in rates.items()}
+    print(
+        json.dumps(
+            {
+                "checkpoint_epoch": checkpoint.epoch,
+                "image_size": config.image_size,
+                "precision": precision,
+                "train_images_per_sec_by_window": rates,
+                "train_images_per_sec": medians,
+                "late_over_fresh": round(medians["late"] / medians["fresh"], 3),
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main()
