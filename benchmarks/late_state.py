@@ -30,12 +30,12 @@ from fmnist_alexnet.step import build_train_step
 from fmnist_alexnet.train import epoch_batches, load_data
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--steps", type=int, default=8, help="steps per timed window")
     parser.add_argument("--windows", type=int, default=6, help="timed windows of each")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     checkpoint = load_checkpoint(args.checkpoint)
     config = checkpoint.config
@@ -50,6 +50,8 @@ def main() -> None:
             config, device, precision, data.steps_per_epoch, resume=checkpoint
         ),
     }
+    # The schedule's rates show where each starts: the warm-up's first, the finished run's last.
+    lrs = {name: step.lr for name, step in steps.items()}
     batches = list(itertools.islice(epoch_batches(data.train, config, spec, 0), args.steps))
 
     def window(step) -> float:
@@ -65,18 +67,17 @@ def main() -> None:
         for name in ("fresh", "late") if w % 2 == 0 else ("late", "fresh"):
             rates[name].append(round(window(steps[name]), 1))
     medians = {name: statistics.median(values) for name, values in rates.items()}
-    print(
-        json.dumps(
-            {
-                "checkpoint_epoch": checkpoint.epoch,
-                "image_size": config.image_size,
-                "precision": precision,
-                "train_images_per_sec_by_window": rates,
-                "train_images_per_sec": medians,
-                "late_over_fresh": round(medians["late"] / medians["fresh"], 3),
-            }
-        )
-    )
+    result = {
+        "checkpoint_epoch": checkpoint.epoch,
+        "image_size": config.image_size,
+        "precision": precision,
+        "lr_at_start": lrs,
+        "train_images_per_sec_by_window": rates,
+        "train_images_per_sec": medians,
+        "late_over_fresh": round(medians["late"] / medians["fresh"], 3),
+    }
+    print(json.dumps(result))
+    return result
 
 
 if __name__ == "__main__":

@@ -107,3 +107,20 @@ def test_bench_text_says_what_it_timed(capsys):
         "fp32, 63 px, batch 8, torch " + torch.__version__ + ", one window of 1 step"
     )
     assert rest[0].startswith("  train, our pipeline") and rest[0].endswith(" img/s")
+
+
+def test_late_state_times_a_finished_runs_state_against_fresh_weights(small_run):
+    """benchmarks/late_state.py: the late step really starts where the run ended (the
+    one-cycle's last rate, 0) and the fresh one where a run starts (lr/25); both are timed
+    in alternated windows and the ratio is that of the medians."""
+    late_state = import_benchmark("late_state")
+    result = late_state.main(
+        [str(small_run / "checkpoints" / "last.pt"), "--steps", "2", "--windows", "3"]
+    )
+    assert result["checkpoint_epoch"] == 2  # small_run's epochs
+    assert result["lr_at_start"] == {"fresh": pytest.approx(5e-4 / 25), "late": 0.0}
+    windows = result["train_images_per_sec_by_window"]
+    assert [len(windows["fresh"]), len(windows["late"])] == [3, 3]
+    medians = result["train_images_per_sec"]
+    assert min(medians.values()) > 0
+    assert result["late_over_fresh"] == round(medians["late"] / medians["fresh"], 3)
