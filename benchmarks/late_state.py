@@ -4,8 +4,9 @@
 (RESULTS.md, the budgeted runs' table). If the cause were the state (weights, AdamW moments
 gone denormal, sparser activations), a step restored from a finished run's ``last.pt`` would
 be slower than one from fresh weights. This builds both from the checkpoint's own config,
-feeds them the same training batches and alternates timed windows between them, so drift in
-a shared machine's speed hits both alike. Prints each window and the medians as JSON.
+feeds them the same training batches and times them in windows that take turns (``bench``'s
+own timing), so drift in a shared machine's speed hits both alike. Prints each window and the
+medians as JSON.
 
 Usage: python benchmarks/late_state.py RUN/checkpoints/last.pt [--steps 8] [--windows 6]
 """
@@ -16,8 +17,8 @@ import argparse
 import itertools
 import json
 import statistics
-import time
 
+from fmnist_alexnet.bench import Runner, window_rates
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.runtime import (
     Distributed,
@@ -54,18 +55,15 @@ def main(argv: list[str] | None = None) -> dict:
     lrs = {name: step.lr for name, step in steps.items()}
     batches = list(itertools.islice(epoch_batches(data.train, config, spec, 0), args.steps))
 
-    def window(step) -> float:
-        start = time.perf_counter()
-        for inputs, labels in batches:
-            step(inputs, labels)
-        return len(batches) * config.batch_size / (time.perf_counter() - start)
+    def runner(step) -> Runner:
+        """The step over the same batches, again and again."""
+        cycle = itertools.cycle(batches)
+        return Runner(lambda: step(*next(cycle)))
 
-    for step in steps.values():
-        window(step)  # untimed: kernels and allocations
-    rates: dict[str, list[float]] = {name: [] for name in steps}
-    for w in range(args.windows):
-        for name in ("fresh", "late") if w % 2 == 0 else ("late", "fresh"):
-            rates[name].append(round(window(steps[name]), 1))
+    runners = {name: runner(step) for name, step in steps.items()}
+    images = args.steps * config.batch_size
+    measured = window_rates(runners, images, args.steps, args.windows, args.steps, device)
+    rates = {name: [round(rate, 1) for rate in values] for name, values in measured.items()}
     medians = {name: statistics.median(values) for name, values in rates.items()}
     result = {
         "checkpoint_epoch": checkpoint.epoch,

@@ -98,9 +98,9 @@ def bench(
     size, batch_size = config.image_size, config.batch_size
     bare_inputs, bare_labels = random_batch(config, spec, device)
     batches = _forever(lambda epoch: epoch_batches(data.train, config, spec, epoch))
-    runners: dict[str, _Runner] = {
+    runners: dict[str, Runner] = {
         "pipeline": _loop_runner(ours, batches, Tracker(), config.log_every),
-        "bare": _Runner(lambda: ours(bare_inputs, bare_labels)),
+        "bare": Runner(lambda: ours(bare_inputs, bare_labels)),
     }
     with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as events:
         if tensorboard:
@@ -108,7 +108,7 @@ def bench(
             runners["tensorboard"] = _loop_runner(ours, batches, tracker, config.log_every)
         if baseline:
             runners["baseline"] = _seed_style_runner(config, device, data, baseline_workers)
-        windows_rates = _window_rates(runners, batch_size * steps, steps, windows, warmup, device)
+        windows_rates = window_rates(runners, batch_size * steps, steps, windows, warmup, device)
         if tensorboard:
             tracker.close()
     rates = {name: statistics.median(values) for name, values in windows_rates.items()}
@@ -179,7 +179,7 @@ def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _Load
     return _LoaderRunner(loader, seed_step, device)
 
 
-def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> _Runner:
+def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> Runner:
     """A step as training's loop takes it: batch, step, running sums, the monitor."""
     progress = Progress()
     monitor = StepMonitor(tracker, log_every)
@@ -190,7 +190,7 @@ def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> 
         progress.record_step(loss, logits, labels)
         monitor.after_step(progress.step, loss, step.grad_norm, step.lr, len(labels))
 
-    return _Runner(one)
+    return Runner(one)
 
 
 def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
@@ -198,7 +198,7 @@ def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
         yield from make_epoch(epoch)
 
 
-class _Runner:
+class Runner:
     """One way of doing a training step, timed in windows between ``start`` and ``stop``."""
 
     def __init__(self, step: Callable[[], None]) -> None:
@@ -211,7 +211,7 @@ class _Runner:
         pass
 
 
-class _LoaderRunner(_Runner):
+class _LoaderRunner(Runner):
     """The seed-style baseline. Its worker processes live only within its own windows (one
     untimed step first), so their prefetching never steals CPU from the other runners."""
 
@@ -236,7 +236,9 @@ class _LoaderRunner(_Runner):
         self.batches = None  # shuts the workers down
 
 
-def _window_rates(runners, images, steps, windows, warmup, device) -> dict[str, list[float]]:
+def window_rates(runners, images, steps, windows, warmup, device) -> dict[str, list[float]]:
+    """Images/s of each runner in ``windows`` timed windows of ``steps`` steps, the runners
+    taking turns window by window after ``warmup`` untimed steps each."""
     for runner in runners.values():
         runner.start()
         for _ in range(warmup):
