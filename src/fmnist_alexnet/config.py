@@ -137,8 +137,9 @@ PRESETS: dict[str, dict] = {
     # probe of issue 13, quick's with these flags on top, at 160 px (RESULTS.md): on a
     # 2-core Zen 5 CPU with native bf16 its hour held 16 epochs at 160 px and scored test
     # 0.9314 (val 0.9344), against 20 epochs and 0.9296 (val 0.9298) at 128 px, one seed
-    # each, back to back, both planned to 95 % of the hour (88 % today: about one epoch
-    # fewer). On CPUs without bf16 an hour fits only a few epochs of it.
+    # each, back to back, both planned to 95 % of the hour. Planned to 88 % as today, the
+    # same CPU fitted 14 and 13 epochs at 160 px, test 0.9280 and 0.9287 (seeds 0 and 1).
+    # On CPUs without bf16 an hour fits only a few epochs of it.
     "hour": dict(
         _QUICK,
         epochs=40,
