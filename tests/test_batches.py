@@ -137,6 +137,60 @@ def test_erasing_shards_like_the_other_draws(data):
     assert torch.equal(torch.cat([s[0][0] for s in shards]), whole[0][0])
 
 
+def _theta(*rows):
+    return torch.tensor([rows], dtype=torch.float32)
+
+
+def test_warp_is_exact_at_identity_and_a_half_turn_and_fills_with_black():
+    x = torch.randn(1, 1, 32, 32)
+    draw = Augment(zoom=0.1).draw(1, torch.Generator().manual_seed(0))
+    same = type(draw)(draw.flip, draw.shift, warp=_theta([1, 0, 0], [0, 1, 0]))
+    assert torch.allclose(Augment.warp(x, same, fill=-0.8), x, atol=1e-5)
+    half_turn = type(draw)(draw.flip, draw.shift, warp=_theta([-1, 0, 0], [0, -1, 0]))
+    assert torch.allclose(Augment.warp(x, half_turn, fill=-0.8), x.flip(-1).flip(-2), atol=1e-5)
+    # Zooming out to half size leaves a border of the fill (a black pixel's value).
+    pre = Preprocess(32, MEAN, STD)
+    image = pre(torch.full((1, 1, 28, 28), 255, dtype=torch.uint8))
+    half = type(draw)(draw.flip, draw.shift, warp=_theta([2, 0, 0], [0, 2, 0]))
+    out = Augment.warp(image, half, pre.background)
+    assert torch.allclose(out[0, 0, :6], torch.full((6, 32), -MEAN / STD), atol=1e-5)
+    assert torch.allclose(out[0, 0, 10:22, 10:22], image[0, 0, 10:22, 10:22], atol=1e-5)
+
+
+def test_warp_draws_stay_in_range_and_come_last():
+    augment = Augment(flip=True, translate=2, erase=0.5, zoom=0.1, rotate=15)
+    draw = augment.draw(4000, torch.Generator().manual_seed(1))
+    theta = draw.warp
+    assert theta.shape == (4000, 2, 3) and not theta[:, :, 2].any()
+    zoom = theta[:, :2, :2].det().rsqrt()  # det = 1 / zoom**2
+    angle = torch.rad2deg(torch.atan2(theta[:, 1, 0], theta[:, 0, 0]))
+    assert 0.9 - 1e-5 <= zoom.min() < 0.91 and 1.09 < zoom.max() <= 1.1 + 1e-5
+    assert -15 - 1e-4 <= angle.min() < -14 and 14 < angle.max() <= 15 + 1e-4
+    assert torch.allclose(theta[:, 0, 0], theta[:, 1, 1]) and torch.allclose(
+        theta[:, 0, 1], -theta[:, 1, 0]
+    )  # a rotation and a uniform zoom: no shear, no stretch
+    # Runs without the warp keep every draw they had before it existed.
+    plain = Augment(flip=True, translate=2, erase=0.5).draw(4000, torch.Generator().manual_seed(1))
+    for name in ("flip", "shift", "erase", "noise"):
+        assert torch.equal(getattr(plain, name), getattr(draw, name))
+    assert plain.warp is None
+
+
+def test_warped_batches_shard_keep_channels_last_and_change_the_images(data):
+    augment = Augment(zoom=0.2, rotate=20)
+    whole = batches(data, 4, augment, channels_last=True)
+    shards = [batches(data, 4, augment, rank=r, world_size=2) for r in range(2)]
+    assert whole[0][0].is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(torch.cat([s[0][0] for s in shards]), whole[0][0])
+    plain = batches(data, 4, Augment())[0][0]
+    assert ((plain - whole[0][0]).abs().flatten(1).amax(1) > 0.1).all()
+    # Mass is roughly kept: a 0.8-1.2x zoom scales it by 0.64-1.44 at most.
+    ratio = (whole[0][0] - Preprocess(64, MEAN, STD).background).sum((1, 2, 3)) / (
+        plain - Preprocess(64, MEAN, STD).background
+    ).sum((1, 2, 3))
+    assert ratio.min() > 0.6 and ratio.max() < 1.5
+
+
 def test_resize_keeps_content(real_data):
     images, labels = load_splits(real_data)["test"]
     batch = torch.from_numpy(images[:32].copy()).reshape(-1, 1, 28, 28)

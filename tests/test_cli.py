@@ -66,6 +66,8 @@ def broken_data(tmp_path):
         (["train", "--ema", "1"], "--ema must be a decay in [0, 1)"),
         (["train", "--label-smoothing", "1.5"], "--label-smoothing must be in [0, 1)"),
         (["train", "--translate", "20"], "--translate must be at most 14"),
+        (["train", "--zoom", "0.7"], "--zoom must be a fraction in [0, 0.5]"),
+        (["train", "--rotate", "-5"], "--rotate must be in [0, 180] degrees"),
         (["train", "--val-size", "60000"], "--val-size must be below 60000"),
         (["train", "--preset", "fastest"], "invalid choice: 'fastest'"),
         (["train", "--batch-size", "many"], "expected a whole number, got 'many'"),

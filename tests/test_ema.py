@@ -1,4 +1,5 @@
-"""The weight average (--ema) and random erasing (--erase) inside real training runs."""
+"""The weight average (--ema), random erasing (--erase) and the zoom and rotation warp
+(--zoom, --rotate) inside real training runs."""
 
 import json
 
@@ -13,7 +14,7 @@ from fmnist_alexnet.ema import WeightEma
 from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.train import TrainingInterrupted, train
 
-AVERAGED = dict(ema=0.9, erase=0.5)
+AVERAGED = dict(ema=0.9, erase=0.5, zoom=0.1, rotate=10.0)
 
 
 def test_average_follows_its_formula_and_is_swapped_in_and_out():

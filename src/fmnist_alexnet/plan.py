@@ -34,6 +34,8 @@ RESUME_APPLIES = frozenset(
         "flip",
         "translate",
         "erase",
+        "zoom",
+        "rotate",
         "precision",
         "channels_last",
         "compile",

@@ -395,7 +395,7 @@ def epoch_batches(
         data,
         batch_size=config.batch_size,
         preprocess=_train_preprocess(config, spec, epoch),
-        augment=Augment(config.flip, config.translate, config.erase),
+        augment=Augment(config.flip, config.translate, config.erase, config.zoom, config.rotate),
         seed=config.seed,
         epoch=epoch,
         start_step=start_step,

@@ -1,4 +1,4 @@
-"""The on-device batch pipeline: sample, gather, augment, normalise, resize.
+"""The on-device batch pipeline: sample, gather, augment, normalise, resize, warp.
 
 The whole uint8 dataset lives on the training device (47 MB for 60k images). Every step is
 a handful of batched tensor ops there: no per-sample Python, no PIL, no worker processes.
@@ -9,6 +9,7 @@ every rank of a distributed run draws from the same global order and slices its 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -98,6 +99,11 @@ class Preprocess:
             x = x.contiguous(memory_format=torch.channels_last)
         return x
 
+    @property
+    def background(self) -> float:
+        """What a black (0) pixel becomes: the fill of a warp's empty border."""
+        return -self.mean / self.std
+
     def describe(self) -> str:
         """The steps in words, for reports and model cards."""
         scale = f"x/255, (x - {self.mean}) / {self.std}"
@@ -116,30 +122,32 @@ class AugmentDraw:
     shift: torch.Tensor  # int64 [B, 2]: (dy, dx) in 28-px pixels
     erase: torch.Tensor | None = None  # bool [B, 28, 28]: pixels replaced by noise
     noise: torch.Tensor | None = None  # uint8 [B, 1, 28, 28]
+    warp: torch.Tensor | None = None  # float32 [B, 2, 3]: affine_grid's theta per sample
 
     def shard(self, start: int, stop: int) -> AugmentDraw:
-        if self.erase is None:
-            return AugmentDraw(self.flip[start:stop], self.shift[start:stop])
-        return AugmentDraw(
-            self.flip[start:stop],
-            self.shift[start:stop],
-            self.erase[start:stop],
-            self.noise[start:stop],
-        )
+        parts = (getattr(self, f.name) for f in dataclasses.fields(self))
+        return AugmentDraw(*(None if t is None else t[start:stop] for t in parts))
 
 
 @dataclass(frozen=True)
 class Augment:
-    """Per-sample random horizontal flip, translation (a zero-padded random crop) and random
-    erasing (a box of random noise, Zhong et al. 2017), batched."""
+    """Per-sample random horizontal flip, translation (a zero-padded random crop), random
+    erasing (a box of random noise, Zhong et al. 2017) on the uint8 28x28 images, and a
+    random zoom and rotation (one affine warp) of the resized float batch, all batched."""
 
     flip: bool = False
     translate: int = 0  # largest shift in pixels of the 28x28 image
     erase: float = 0.0  # probability that a sample gets an erased box
+    zoom: float = 0.0  # largest relative zoom in or out: 0.1 draws 0.9x to 1.1x
+    rotate: float = 0.0  # largest rotation either way, in degrees
 
     @property
     def enabled(self) -> bool:
-        return self.flip or self.translate > 0 or self.erase > 0
+        return self.flip or self.translate > 0 or self.erase > 0 or self.warps
+
+    @property
+    def warps(self) -> bool:
+        return self.zoom > 0 or self.rotate > 0
 
     def draw(self, batch_size: int, gen: torch.Generator) -> AugmentDraw:
         device = gen.device
@@ -147,9 +155,20 @@ class Augment:
         shift = torch.randint(
             -self.translate, self.translate + 1, (batch_size, 2), generator=gen, device=device
         )
-        if self.erase <= 0:  # drawn last, so runs without erasing keep their flips and shifts
-            return AugmentDraw(flip, shift)
-        return AugmentDraw(flip, shift, *self._draw_erase(batch_size, gen))
+        # Each later kind is drawn after the earlier ones, so a run without it keeps the
+        # draws it had before that kind existed.
+        erase, noise = self._draw_erase(batch_size, gen) if self.erase > 0 else (None, None)
+        warp = self._draw_warp(batch_size, gen) if self.warps else None
+        return AugmentDraw(flip, shift, erase, noise, warp)
+
+    def _draw_warp(self, batch_size: int, gen: torch.Generator) -> torch.Tensor:
+        """theta maps output to input coordinates: input = R(angle) @ output / zoom."""
+        u = torch.rand(batch_size, 2, generator=gen, device=gen.device) * 2 - 1
+        zoom = 1 + self.zoom * u[:, 0]
+        angle = torch.deg2rad(self.rotate * u[:, 1])
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        zero = torch.zeros_like(cos)
+        return torch.stack([cos, -sin, zero, sin, cos, zero], 1).view(batch_size, 2, 3)
 
     def _draw_erase(self, batch_size: int, gen: torch.Generator):
         device, side = gen.device, IMAGE_SIDE
@@ -188,6 +207,14 @@ class Augment:
             images = torch.where(draw.erase[:, None], draw.noise, images)
         return images
 
+    @staticmethod
+    def warp(x: torch.Tensor, draw: AugmentDraw, fill: float) -> torch.Tensor:
+        """Zoom and rotate the resized float batch ``x`` [B, 1, S, S] about its centre; the
+        border it uncovers is ``fill`` (black). Bilinear, as the resize before it."""
+        grid = F.affine_grid(draw.warp.to(x.dtype), list(x.shape), align_corners=False)
+        out = F.grid_sample(x - fill, grid, mode="bilinear", align_corners=False)
+        return out.add_(fill)
+
 
 def steps_per_epoch(n: int, batch_size: int, drop_last: bool = True) -> int:
     """Training drops the last incomplete batch so every step has the same global batch,
@@ -221,10 +248,16 @@ def train_batches(
         batch = order[step * batch_size : (step + 1) * batch_size]
         index = batch[lo:hi]
         images = data.images[index]
-        if augment.enabled:
-            draw = augment.draw(len(batch), generator(device, seed, epoch, step)).shard(lo, hi)
-            images = augment.apply(images, draw)
-        yield preprocess(images, channels_last), data.labels[index]
+        if not augment.enabled:
+            yield preprocess(images, channels_last), data.labels[index]
+            continue
+        draw = augment.draw(len(batch), generator(device, seed, epoch, step)).shard(lo, hi)
+        x = preprocess(augment.apply(images, draw), channels_last and draw.warp is None)
+        if draw.warp is not None:
+            x = augment.warp(x, draw, preprocess.background)
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+        yield x, data.labels[index]
 
 
 def eval_batches(
