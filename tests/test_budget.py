@@ -5,7 +5,15 @@ import argparse
 import pytest
 
 from fmnist_alexnet.argtypes import duration
-from fmnist_alexnet.budget import FINISH_S, SAFETY, Speeds, fit_epochs, replan, replan_step
+from fmnist_alexnet.budget import (
+    FINISH_S,
+    SAFETY,
+    Speeds,
+    fit_epochs,
+    replan,
+    replan_late,
+    replan_step,
+)
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.messages import FEW_HOUR_EPOCHS, few_epochs_line
@@ -91,9 +99,33 @@ def test_a_short_warm_up_rescales_the_rest_of_its_epoch_too():
     assert again.estimate_s == pytest.approx(30 + 120 + 2 * 114 + 60)
 
 
+def test_a_later_plan_uses_the_pace_since_epoch_1_and_keeps_the_margin_on_what_is_left():
+    plan = fit_epochs(resolve("hour", {"time_budget": 600.0}), SPEEDS, spent_s=30.0, **SIZES)
+    # Epochs 2-4 took the 171 s estimated, ending at 250 s: 0.88 * (600 - 250 - 40) = 272.8
+    # s fit 4 more of 57 s.
+    again = replan_late(plan, elapsed_s=250.0, epochs_done=4, since_first_s=171.0, least=4)
+    assert again.epochs == 8 and again.late == {
+        "after_epoch": 4,
+        "took_s": 171.0,
+        "estimated_s": 171.0,
+        "factor": 1.0,
+        "epochs_before": 7,
+        "plans": 1,
+    }
+    assert again.epoch_s == [57.0] * 8
+    # Twice as slow, ending at 430 s: one more epoch of 114 s fits in 0.88 * 130 s, but a
+    # count whose decay started before this step is never chosen...
+    slower = replan_late(plan, elapsed_s=430.0, epochs_done=4, since_first_s=342.0, least=6)
+    assert slower.epochs == 6 and slower.epoch_s == [57.0] + [114.0] * 5
+    # ...and the count stays within the cap; each later plan is counted.
+    faster = replan_late(again, elapsed_s=260.0, epochs_done=5, since_first_s=20.0, least=5)
+    assert faster.epochs == 40 and faster.late["plans"] == 2
+    assert faster.late["epochs_before"] == 8
+
+
 @pytest.mark.parametrize(
     ("schedule", "warmup_epochs", "expected"),
-    [("constant", 0.0, 429), ("onecycle", 1.0, 429), ("cosine", 2.0, 429),
+    [("constant", 0.0, 429), ("onecycle", 1.0, 429), ("cosine", 2.0, 429), ("wsd", 0.0, 429),
      ("onecycle", 0.3, 129), ("cosine", 0.5, 214), ("onecycle", 0.0, None),
      ("cosine", 0.0, None)],
 )  # fmt: skip

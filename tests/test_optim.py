@@ -2,7 +2,13 @@ import pytest
 import torch
 
 from fmnist_alexnet.config import TrainConfig
-from fmnist_alexnet.optim import build_optimizer, build_scheduler, lr_factor
+from fmnist_alexnet.optim import (
+    build_optimizer,
+    build_scheduler,
+    cooldown_start,
+    lr_factor,
+    steps_ignoring_total,
+)
 
 
 def test_constant_with_warmup():
@@ -20,6 +26,29 @@ def test_onecycle_rises_then_falls():
     factors = [lr_factor(s, 100, 0, "onecycle") for s in range(101)]
     peak = max(range(101), key=factors.__getitem__)
     assert factors[0] == pytest.approx(1 / 25) and peak == 30 and factors[100] == 0.0
+
+
+def test_wsd_holds_the_peak_then_decays_over_its_cooldown():
+    factors = [lr_factor(s, 100, 10, "wsd", 30) for s in range(101)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == 1.0
+    assert set(factors[9:71]) == {1.0}  # the decay's first step, 70, is still the peak
+    assert factors[85] == pytest.approx(0.5) and factors[100] == 0.0
+    assert all(a > b for a, b in zip(factors[70:100], factors[71:], strict=True))
+
+
+def test_wsd_rates_before_its_decay_are_those_of_any_longer_run():
+    config = TrainConfig(schedule="wsd", warmup_epochs=1.0, cooldown=0.3, epochs=10)
+    assert steps_ignoring_total(config, 10) == cooldown_start(config, 10) == 70
+    assert cooldown_start(config, 10, epochs=14) == 140 - 42
+
+    def rates(epochs):
+        total = epochs * 10
+        cooldown = total - cooldown_start(config, 10, epochs)
+        return [lr_factor(s, total, 10, "wsd", cooldown) for s in range(total)]
+
+    assert rates(10)[:71] == rates(14)[:71] and rates(10)[71] < rates(14)[71]
+    # Other schedules: the decay "starts" at the end.
+    assert cooldown_start(TrainConfig(schedule="cosine", epochs=3), 10) == 30
 
 
 def test_no_weight_decay_on_biases_and_scheduler_steps():

@@ -1,5 +1,6 @@
 """Training on real data: it learns, it resumes exactly, it writes what it promises."""
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -237,6 +238,38 @@ def test_a_warm_up_shorter_than_an_epoch_replans_where_it_ends(tmp_path, monkeyp
     assert_same_weights(final_weights(tmp_path / "budgeted"), final_weights(tmp_path / "plain"))
     config = json.loads((tmp_path / "budgeted" / "config.json").read_text())
     assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["steps"] == 2
+
+
+def test_a_wsd_run_plans_again_until_its_decay_and_is_the_plain_run_of_its_count(
+    tmp_path, monkeypatch
+):
+    """wsd holds the peak until its last 30 % of steps, so the count is planned again
+    after every epoch that ends before the decay. Epoch 1's plan is made to say 3 of the
+    4 epochs (decay from step 17 of 24); after epoch 2 (step 16) the run's real pace fits
+    all 4 (decay from step 22), and the run is exactly the plain 4-epoch run."""
+    wsd = {"schedule": "wsd", "warmup_epochs": 0.0, "epochs": 4}
+    train(tiny_config(tmp_path / "plain", **wsd), log=quiet, test=False)
+    lines = []
+    monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
+    first = train_module.replan
+    monkeypatch.setattr(
+        train_module, "replan", lambda *args: dataclasses.replace(first(*args), epochs=3)
+    )
+    config = tiny_config(tmp_path / "budgeted", time_budget=200.0, **wsd)
+    train(config, log=lines.append, test=False)
+    first_plan = [line for line in lines if line.startswith("time budget: epoch 1 took")]
+    assert len(first_plan) == 1 and "3 epochs fit now (planned 1)" in first_plan[0]
+    later = [line for line in lines if line.startswith("time budget: epoch 2 took")]
+    assert len(later) == 1 and "4 epochs fit now (planned 3)" in later[0]
+    assert [line[:9] for line in lines if line.startswith("epoch ")] == [
+        "epoch 1/3",
+        "epoch 2/4",
+        "epoch 3/4",
+        "epoch 4/4",
+    ]
+    assert_same_weights(final_weights(tmp_path / "budgeted"), final_weights(tmp_path / "plain"))
+    plan = json.loads((tmp_path / "budgeted" / "config.json").read_text())["runtime"]
+    assert plan["time_budget"]["late"]["plans"] == 1
 
 
 @pytest.mark.parametrize("preset", list(PRESETS))

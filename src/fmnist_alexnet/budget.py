@@ -9,7 +9,10 @@ if that count had been given. The global RNG is reseeded when the real model is 
 the probe changes no draw. A few timed steps on a shared machine can be well off, so the
 count is planned again from the run's own steps (:func:`replan`) as late as the learning
 rates allow without depending on the count (:func:`replan_step`): after the first epoch
-when its rates ignore the total, else when a shorter warm-up ends.
+when its rates ignore the total, else when a shorter warm-up ends. The ``wsd`` schedule
+holds its peak rate until its final decay, so there the count is planned again after every
+epoch that ends before the decay starts (:func:`replan_late`), each time from the pace of
+all the epochs after the first, with the margin kept on the time still to run.
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ class BudgetPlan:
     save_s: float = 0.0  # one last.pt write, part of each epoch's estimate
     finish_s: float = FINISH_S
     replanned: dict | None = None  # after the run's first steps: what they took, what changed
+    late: dict | None = None  # wsd: the latest plan after a later epoch, and how many there were
     costs: list[float] = field(default_factory=list, repr=False)  # every epoch to the cap
     first_steps_s: float = field(default=0.0, repr=False)  # the first epoch's steps alone
     steps_per_epoch: int = field(default=1, repr=False)
@@ -152,11 +156,14 @@ def replan_step(config: TrainConfig, steps_per_epoch: int) -> int | None:
     return min(fixed, steps_per_epoch) if fixed > 0 else None
 
 
-def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> BudgetPlan:
+def replan(
+    plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int, least: int = 1
+) -> BudgetPlan:
     """The plan again once the first ``steps`` of the run have taken ``took_s`` (with the
     first epoch's validation and save when they complete it), ending at ``elapsed_s``: every
     estimate scaled by that time against the probe's estimate for the same work, and as many
-    epochs as then fit, at least the one under way."""
+    epochs as then fit, at least the one under way (``least``: ``wsd``'s count whose decay
+    would start after these steps)."""
     validation_and_save = plan.costs[0] - plan.first_steps_s
     steps_to_go = plan.first_steps_s * (1 - steps / plan.steps_per_epoch)
     rest_of_epoch = steps_to_go + (validation_and_save if steps < plan.steps_per_epoch else 0.0)
@@ -165,7 +172,7 @@ def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> Bud
     later = [cost * factor for cost in plan.costs[1:]]
     after = (plan.test_s + plan.report_s) * factor + plan.finish_s
     available = SAFETY * plan.budget_s - elapsed_s - rest_of_epoch * factor - after
-    epochs = 1 + _fitting(later, available)
+    epochs = min(len(plan.costs), max(least, 1 + _fitting(later, available)))
     first_epoch_s = took_s + rest_of_epoch * factor
     return dataclasses.replace(
         plan,
@@ -181,6 +188,37 @@ def replan(plan: BudgetPlan, elapsed_s: float, took_s: float, steps: int) -> Bud
             "estimated_s": round(estimated, 1),
             "factor": round(factor, 3),
             "epochs_before": plan.epochs,
+        },
+    )
+
+
+def replan_late(
+    plan: BudgetPlan, elapsed_s: float, epochs_done: int, since_first_s: float, least: int
+) -> BudgetPlan:
+    """The plan again at the end of epoch ``epochs_done`` (at least 2), ending at
+    ``elapsed_s``, the epochs after the first having taken ``since_first_s`` (with their
+    validations and saves): every later epoch's estimate scaled by that time against the
+    probe's for the same epochs, and as many epochs as fit in ``SAFETY`` of what is left
+    after the test; never fewer than ``least`` (a count whose decay would have started
+    already) nor more than the cap."""
+    estimated = sum(plan.costs[1:epochs_done])
+    factor = since_first_s / estimated
+    later = [cost * factor for cost in plan.costs[epochs_done:]]
+    after = plan.test_s + plan.report_s + plan.finish_s
+    available = SAFETY * (plan.budget_s - elapsed_s - after)
+    epochs = min(len(plan.costs), max(least, epochs_done + _fitting(later, available)))
+    done_s = [plan.epoch_s[0]] + [round(since_first_s / (epochs_done - 1), 1)] * (epochs_done - 1)
+    return dataclasses.replace(
+        plan,
+        epochs=epochs,
+        epoch_s=done_s + [round(cost, 1) for cost in later[: epochs - epochs_done]],
+        late={
+            "after_epoch": epochs_done,
+            "took_s": round(since_first_s, 1),
+            "estimated_s": round(estimated, 1),
+            "factor": round(factor, 3),
+            "epochs_before": plan.epochs,
+            "plans": (plan.late or {}).get("plans", 0) + 1,
         },
     )
 

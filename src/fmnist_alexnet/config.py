@@ -30,8 +30,9 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = False
     weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | onecycle
+    schedule: str = "constant"  # constant | cosine | onecycle | wsd
     warmup_epochs: float = 0.0
+    cooldown: float = 0.3  # wsd: the share of the run's last steps that anneal to 0
     label_smoothing: float = 0.0
     grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
     ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
@@ -194,7 +195,7 @@ CHOICES = {
     "arch": ARCHS,
     "init": INITS,
     "optimizer": ("sgd", "adamw"),
-    "schedule": ("constant", "cosine", "onecycle"),
+    "schedule": ("constant", "cosine", "onecycle", "wsd"),
     "precision": PRECISIONS,
     "device": DEVICES,
     "resize_mode": RESIZE_MODES,
@@ -240,6 +241,8 @@ def validate(config: TrainConfig) -> None:
         raise FmnistError(f"--ema must be a decay in [0, 1), e.g. 0.999; got {config.ema}")
     if not 0.0 <= config.erase <= 1.0:
         raise FmnistError(f"--erase must be a probability in [0, 1], got {config.erase}")
+    if not 0.0 < config.cooldown <= 1.0:
+        raise FmnistError(f"--cooldown must be a share in (0, 1], got {config.cooldown}")
     if not 0.0 <= config.zoom <= 0.5:
         raise FmnistError(f"--zoom must be a fraction in [0, 0.5], got {config.zoom}")
     if not 0.0 <= config.rotate <= 180.0:

@@ -61,6 +61,17 @@ def replan_line(plan, steps_per_epoch: int) -> str:
     )
 
 
+def late_replan_line(plan) -> str:
+    """What a ``wsd`` run's later plan changed (``budget.replan_late``)."""
+    late = plan.late
+    done = "epoch 2" if late["after_epoch"] == 2 else f"epochs 2-{late['after_epoch']}"
+    return (
+        f"time budget: {done} took {late['took_s']:.0f} s against "
+        f"{late['estimated_s']:.0f} s estimated; {plan.epochs} epochs fit now (planned "
+        f"{late['epochs_before']}), {plan.estimate_s:.0f} s in all"
+    )
+
+
 def resumed_line(resumed: dict) -> str:
     changed = [
         f"{name} {old} -> {new}"

@@ -33,8 +33,12 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
     )
 
 
-def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> float:
-    """The multiple of the peak learning rate at ``step`` (0-based)."""
+def lr_factor(
+    step: int, total_steps: int, warmup_steps: int, schedule: str, cooldown_steps: int = 0
+) -> float:
+    """The multiple of the peak learning rate at ``step`` (0-based). ``wsd`` (warm-up,
+    stable, decay) holds the peak until its last ``cooldown_steps``, which anneal as the
+    cosine schedule does."""
     if schedule == "onecycle":
         warmup_steps = warmup_steps or round(ONECYCLE_DEFAULT_WARMUP * total_steps)
         if step < warmup_steps:
@@ -43,7 +47,13 @@ def lr_factor(step: int, total_steps: int, warmup_steps: int, schedule: str) -> 
         return (step + 1) / warmup_steps
     if schedule == "constant":
         return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    if schedule == "wsd":
+        start = total_steps - cooldown_steps
+        if step < start:
+            return 1.0
+        progress = (step - start) / max(1, cooldown_steps)
+    else:
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
     return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -56,7 +66,17 @@ def build_scheduler(
 def _factor(config: TrainConfig, steps_per_epoch: int):
     total = config.epochs * steps_per_epoch
     warmup = _warmup_steps(config, steps_per_epoch)
-    return lambda step: lr_factor(step, total, warmup, config.schedule)
+    cooldown = total - cooldown_start(config, steps_per_epoch)
+    return lambda step: lr_factor(step, total, warmup, config.schedule, cooldown)
+
+
+def cooldown_start(config: TrainConfig, steps_per_epoch: int, epochs: int | None = None) -> int:
+    """The first step of ``wsd``'s final decay for a run of ``epochs`` (``config.epochs``
+    when not given): its last ``--cooldown`` share of the steps. Other schedules: the end."""
+    total = (epochs or config.epochs) * steps_per_epoch
+    if config.schedule != "wsd":
+        return total
+    return total - round(config.cooldown * total)
 
 
 def _warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
@@ -67,10 +87,13 @@ def _warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:
 
 def steps_ignoring_total(config: TrainConfig, steps_per_epoch: int) -> float:
     """How many leading steps take the same learning rates whatever the run's length: all
-    of them (``inf``) on a constant schedule, else those of an explicit warm-up (0 without
-    one: one-cycle's default warm-up and every annealing depend on the total)."""
+    of them (``inf``) on a constant schedule, those before ``wsd``'s decay (for any length
+    whose decay starts no earlier), else those of an explicit warm-up (0 without one:
+    one-cycle's default warm-up and every annealing depend on the total)."""
     if config.schedule == "constant":
         return math.inf
+    if config.schedule == "wsd":
+        return max(_warmup_steps(config, steps_per_epoch), cooldown_start(config, steps_per_epoch))
     return _warmup_steps(config, steps_per_epoch)
 
 

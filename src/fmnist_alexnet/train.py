@@ -4,6 +4,7 @@ final test of the selected checkpoint. Only the CLI (and tests) call it."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -16,7 +17,7 @@ import torch
 from tqdm import tqdm
 
 from fmnist_alexnet import checkpoint as ckpt
-from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replan_step
+from fmnist_alexnet.budget import BudgetPlan, plan_budget, replan, replan_late, replan_step
 from fmnist_alexnet.config import TrainConfig, epoch_size, replace
 from fmnist_alexnet.data.batches import (
     Augment,
@@ -34,13 +35,14 @@ from fmnist_alexnet.messages import (
     diverged_line,
     epoch_line,
     few_epochs_line,
+    late_replan_line,
     replan_line,
     resumed_line,
     start_line,
     unpublished_data_line,
 )
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
-from fmnist_alexnet.optim import retarget_schedule
+from fmnist_alexnet.optim import cooldown_start, retarget_schedule
 from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.recipe import NOT_RECIPE
@@ -105,6 +107,7 @@ class Session:
     runtime: dict = field(default_factory=dict)  # config.json's "runtime"
     budget: BudgetPlan | None = None  # a new run sized by --time-budget
     replan_at: int | None = None  # with a budget: the step after which it is planned again
+    first_epoch_end_s: float | None = None  # a budget planned again there: the time it ended
     saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
@@ -223,6 +226,8 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
             val = validate(s.step, s.data.val, s.spec, config, s.dist) if len(s.data.val) else None
             if progress.step == s.replan_at:  # the end of epoch 1 (set only with a budget)
                 config = replan_budget(s, time.perf_counter() - started, progress.step)
+            elif late_replan_due(s):
+                config = replan_budget_late(s)
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
             row = _epoch_row(progress, trained, val, s.step.lr)
@@ -254,7 +259,10 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
     save_s = s.budget.save_s if steps == s.data.steps_per_epoch else 0.0
     measured = torch.tensor([s.progress.elapsed_s() + save_s, took_s + save_s], dtype=torch.float64)
     elapsed, took = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
-    s.budget = replan(s.budget, elapsed, took, steps)  # every rank plans from the same figures
+    least = least_epochs(s.config, s.data.steps_per_epoch, steps)
+    s.budget = replan(s.budget, elapsed, took, steps, least)  # every rank: the same figures
+    if steps == s.data.steps_per_epoch:
+        s.first_epoch_end_s = elapsed
     if s.budget.epochs != s.config.epochs:
         s.config = replace(s.config, {"epochs": s.budget.epochs})
         retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
@@ -262,6 +270,44 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
     s.run.write_config(s.config, s.runtime)
     if s.dist.is_main:
         s.log(replan_line(s.budget, s.data.steps_per_epoch))
+    return s.config
+
+
+def late_replan_due(s: Session) -> bool:
+    """A budgeted ``wsd`` run, past epoch 1, whose decay has not started: its rates so far
+    are those of any count whose decay starts no earlier, so the count may change again."""
+    return (
+        s.first_epoch_end_s is not None
+        and s.config.schedule == "wsd"
+        and s.progress.epoch >= 2
+        and s.progress.step <= cooldown_start(s.config, s.data.steps_per_epoch)
+    )
+
+
+def least_epochs(config: TrainConfig, steps_per_epoch: int, steps: int) -> int:
+    """The fewest epochs whose rates for the first ``steps`` are the ones they took: with
+    ``wsd``, those whose decay starts no earlier; else 1 (the epoch under way)."""
+    counts = itertools.count(1)
+    return next(n for n in counts if cooldown_start(config, steps_per_epoch, n) >= steps)
+
+
+def replan_budget_late(s: Session) -> TrainConfig:
+    """The count planned again from the pace of the epochs after the first (their
+    validations and saves, the save about to be written included), at least the count
+    whose decay starts here; the run stays exactly the run of its final count."""
+    spe, done = s.data.steps_per_epoch, s.progress.epoch
+    least = least_epochs(s.config, spe, s.progress.step)
+    now = torch.tensor([s.progress.elapsed_s() + s.budget.save_s], dtype=torch.float64)
+    elapsed = (s.dist.all_reduce_sum(now) / s.dist.world_size).item()
+    before = s.budget.epochs
+    s.budget = replan_late(s.budget, elapsed, done, elapsed - s.first_epoch_end_s, least)
+    if s.budget.epochs != before:
+        s.config = replace(s.config, {"epochs": s.budget.epochs})
+        retarget_schedule(s.step.scheduler, s.config, spe)
+        if s.dist.is_main:
+            s.log(late_replan_line(s.budget))
+    s.runtime["time_budget"] = s.budget.to_dict()
+    s.run.write_config(s.config, s.runtime)
     return s.config
 
 
