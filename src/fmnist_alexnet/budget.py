@@ -37,9 +37,9 @@ from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import build_train_step
 
-# Plan to use this share of the budget: noise takes the rest. Nine budgeted runs on shared
-# 2-core VMs ended 0.94-1.11x their final plan (RESULTS.md), later epochs often running
-# slower than the first one that the plan was scaled by (not because of the run's state:
+# Plan to use this share of the budget: noise takes the rest. Eleven budgeted runs on shared
+# 2-core VMs ended 0.90-1.11x their final plan (RESULTS.md), later epochs running slower or
+# faster than the first one that the plan was scaled by (not because of the run's state:
 # benchmarks/late_state.py); 0.88 leaves room for 1.136x.
 SAFETY = 0.88
 FINISH_S = 20.0  # kept for the process's start, loading best.pt again and the figures
