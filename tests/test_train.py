@@ -244,9 +244,10 @@ def test_a_wsd_run_plans_again_until_its_decay_and_is_the_plain_run_of_its_count
     tmp_path, monkeypatch
 ):
     """wsd holds the peak until its last 30 % of steps, so the count is planned again
-    after every epoch that ends before the decay. Epoch 1's plan is made to say 3 of the
-    4 epochs (decay from step 17 of 24); after epoch 2 (step 16) the run's real pace fits
-    all 4 (decay from step 22), and the run is exactly the plain 4-epoch run."""
+    after every epoch that ends before the decay. The probe fits 1 epoch of 8 steps (decay
+    from step 6), so the first plan comes after 6 steps; it is made to say 3 of the 4
+    epochs (decay from step 17 of 24). After epoch 2 (step 16) the run's real pace fits all
+    4 (decay from step 22), and the run is exactly the plain 4-epoch run."""
     wsd = {"schedule": "wsd", "warmup_epochs": 0.0, "epochs": 4}
     train(tiny_config(tmp_path / "plain", **wsd), log=quiet, test=False)
     lines = []
@@ -257,8 +258,9 @@ def test_a_wsd_run_plans_again_until_its_decay_and_is_the_plain_run_of_its_count
     )
     config = tiny_config(tmp_path / "budgeted", time_budget=200.0, **wsd)
     train(config, log=lines.append, test=False)
-    first_plan = [line for line in lines if line.startswith("time budget: epoch 1 took")]
-    assert len(first_plan) == 1 and "3 epochs fit now (planned 1)" in first_plan[0]
+    first_plan = [line for line in lines if line.startswith("time budget: the first 6 steps")]
+    assert len(first_plan) == 1 and "(before the decay)" in first_plan[0]
+    assert "3 epochs fit now (planned 1)" in first_plan[0]
     later = [line for line in lines if line.startswith("time budget: epoch 2 took")]
     assert len(later) == 1 and "4 epochs fit now (planned 3)" in later[0]
     assert [line[:9] for line in lines if line.startswith("epoch ")] == [

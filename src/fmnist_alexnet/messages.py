@@ -45,13 +45,14 @@ def few_epochs_line(config, plan) -> str | None:
     )
 
 
-def replan_line(plan, steps_per_epoch: int) -> str:
+def replan_line(plan, steps_per_epoch: int, schedule: str = "onecycle") -> str:
     """What the first steps of a ``--time-budget`` run changed."""
     again = plan.replanned
+    which = "before the decay" if schedule == "wsd" else "the warm-up"
     done = (
         "epoch 1"
         if again["steps"] == steps_per_epoch
-        else f"the first {again['steps']} step{'s' * (again['steps'] != 1)} (the warm-up)"
+        else f"the first {again['steps']} step{'s' * (again['steps'] != 1)} ({which})"
     )
     return (
         f"time budget: {done} took {again['took_s']:.0f} s against "

@@ -107,7 +107,7 @@ class Session:
     runtime: dict = field(default_factory=dict)  # config.json's "runtime"
     budget: BudgetPlan | None = None  # a new run sized by --time-budget
     replan_at: int | None = None  # with a budget: the step after which it is planned again
-    first_epoch_end_s: float | None = None  # a budget planned again there: the time it ended
+    first_epoch_end_s: float | None = None  # with a budget: when epoch 1 ended, its save included
     saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
 
@@ -228,6 +228,8 @@ def train_epochs(s: Session, should_stop=None, on_epoch=None) -> str | None:
                 config = replan_budget(s, time.perf_counter() - started, progress.step)
             elif late_replan_due(s):
                 config = replan_budget_late(s)
+            if s.budget is not None and progress.epoch == 1:
+                s.first_epoch_end_s = budget_elapsed_s(s)  # where later plans' pace starts
             is_best = progress.update_best(val)
             progress.update_plateau(val, config.min_delta)
             row = _epoch_row(progress, trained, val, s.step.lr)
@@ -261,16 +263,20 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
     elapsed, took = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
     least = least_epochs(s.config, s.data.steps_per_epoch, steps)
     s.budget = replan(s.budget, elapsed, took, steps, least)  # every rank: the same figures
-    if steps == s.data.steps_per_epoch:
-        s.first_epoch_end_s = elapsed
     if s.budget.epochs != s.config.epochs:
         s.config = replace(s.config, {"epochs": s.budget.epochs})
         retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
     s.runtime["time_budget"] = s.budget.to_dict()
     s.run.write_config(s.config, s.runtime)
     if s.dist.is_main:
-        s.log(replan_line(s.budget, s.data.steps_per_epoch))
+        s.log(replan_line(s.budget, s.data.steps_per_epoch, s.config.schedule))
     return s.config
+
+
+def budget_elapsed_s(s: Session) -> float:
+    """The run's time so far with the save about to be written, the same on every rank."""
+    now = torch.tensor([s.progress.elapsed_s() + s.budget.save_s], dtype=torch.float64)
+    return (s.dist.all_reduce_sum(now) / s.dist.world_size).item()
 
 
 def late_replan_due(s: Session) -> bool:
@@ -297,8 +303,7 @@ def replan_budget_late(s: Session) -> TrainConfig:
     whose decay starts here; the run stays exactly the run of its final count."""
     spe, done = s.data.steps_per_epoch, s.progress.epoch
     least = least_epochs(s.config, spe, s.progress.step)
-    now = torch.tensor([s.progress.elapsed_s() + s.budget.save_s], dtype=torch.float64)
-    elapsed = (s.dist.all_reduce_sum(now) / s.dist.world_size).item()
+    elapsed = budget_elapsed_s(s)
     before = s.budget.epochs
     s.budget = replan_late(s.budget, elapsed, done, elapsed - s.first_epoch_end_s, least)
     if s.budget.epochs != before:
