@@ -280,10 +280,8 @@ def probe(
         warmup_extra += max(0.0, warm - WARMUP_STEPS * step_s[size])
     eval_image_s = _eval_image_s(step, evaluated, spec, config, device)
     save_s = save(step.checkpoint(config, Progress())) if dist.is_main else 0.0  # rank 0 saves
-    measured = [*step_s.values(), eval_image_s, warmup_extra]
-    means = dist.all_reduce_sum(torch.tensor(measured, dtype=torch.float64)) / dist.world_size
+    *steps, eval_image_s, warmup_extra = dist.mean([*step_s.values(), eval_image_s, warmup_extra])
     save_s = dist.all_reduce_sum(torch.tensor([save_s], dtype=torch.float64)).item()
-    *steps, eval_image_s, warmup_extra = means.tolist()
     return Speeds(dict(zip(step_s, steps, strict=True)), eval_image_s, save_s, warmup_extra)
 
 

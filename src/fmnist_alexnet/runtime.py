@@ -115,6 +115,11 @@ class Distributed:
             dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
         return tensor
 
+    def mean(self, values: list[float]) -> list[float]:
+        """Each value averaged over the ranks (float64), so every rank decides alike."""
+        total = self.all_reduce_sum(torch.tensor(values, dtype=torch.float64))
+        return (total / self.world_size).tolist()
+
     def barrier(self) -> None:
         if self.enabled:
             dist.barrier()

@@ -259,8 +259,7 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
     learning rates do not yet depend on the count, so the run stays exactly the run of its
     final count."""
     save_s = s.budget.save_s if steps == s.data.steps_per_epoch else 0.0
-    measured = torch.tensor([s.progress.elapsed_s() + save_s, took_s + save_s], dtype=torch.float64)
-    elapsed, took = (s.dist.all_reduce_sum(measured) / s.dist.world_size).tolist()
+    elapsed, took = s.dist.mean([s.progress.elapsed_s() + save_s, took_s + save_s])
     least = least_epochs(s.config, s.data.steps_per_epoch, steps)
     s.budget = replan(s.budget, elapsed, took, steps, least)  # every rank: the same figures
     if s.budget.epochs != s.config.epochs:
@@ -275,8 +274,7 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
 
 def budget_elapsed_s(s: Session) -> float:
     """The run's time so far with the save about to be written, the same on every rank."""
-    now = torch.tensor([s.progress.elapsed_s() + s.budget.save_s], dtype=torch.float64)
-    return (s.dist.all_reduce_sum(now) / s.dist.world_size).item()
+    return s.dist.mean([s.progress.elapsed_s() + s.budget.save_s])[0]
 
 
 def late_replan_due(s: Session) -> bool:
