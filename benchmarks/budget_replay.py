@@ -23,8 +23,7 @@ from pathlib import Path
 
 from fmnist_alexnet.budget import BudgetPlan, replan_late
 from fmnist_alexnet.config import TrainConfig, replace
-from fmnist_alexnet.optim import cooldown_start
-from fmnist_alexnet.train import least_epochs
+from fmnist_alexnet.optim import cooldown_start, least_epochs
 
 CAP = 40  # hour's --epochs
 FINISH_S = 20.0  # from the test result to the command's exit: 17-18 s in the hour runs

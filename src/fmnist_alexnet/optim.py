@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -77,6 +78,13 @@ def cooldown_start(config: TrainConfig, steps_per_epoch: int, epochs: int | None
     if config.schedule != "wsd":
         return total
     return total - round(config.cooldown * total)
+
+
+def least_epochs(config: TrainConfig, steps_per_epoch: int, steps: int) -> int:
+    """The fewest epochs whose rates for the first ``steps`` are the ones they took: with
+    ``wsd``, those whose decay starts no earlier; else 1 (the epoch under way)."""
+    counts = itertools.count(1)
+    return next(n for n in counts if cooldown_start(config, steps_per_epoch, n) >= steps)
 
 
 def _warmup_steps(config: TrainConfig, steps_per_epoch: int) -> int:

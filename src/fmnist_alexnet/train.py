@@ -4,7 +4,6 @@ final test of the selected checkpoint. Only the CLI (and tests) call it."""
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import sys
 import time
 from collections.abc import Callable
@@ -42,7 +41,7 @@ from fmnist_alexnet.messages import (
     unpublished_data_line,
 )
 from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
-from fmnist_alexnet.optim import cooldown_start, retarget_schedule
+from fmnist_alexnet.optim import cooldown_start, least_epochs, retarget_schedule
 from fmnist_alexnet.plan import resume_changes
 from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.recipe import NOT_RECIPE
@@ -286,13 +285,6 @@ def late_replan_due(s: Session) -> bool:
         and s.progress.epoch >= 2
         and s.progress.step <= cooldown_start(s.config, s.data.steps_per_epoch)
     )
-
-
-def least_epochs(config: TrainConfig, steps_per_epoch: int, steps: int) -> int:
-    """The fewest epochs whose rates for the first ``steps`` are the ones they took: with
-    ``wsd``, those whose decay starts no earlier; else 1 (the epoch under way)."""
-    counts = itertools.count(1)
-    return next(n for n in counts if cooldown_start(config, steps_per_epoch, n) >= steps)
 
 
 def replan_budget_late(s: Session) -> TrainConfig:
