@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from fmnist_alexnet.denormals import flush_denormals
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.malloc import keep_freed_memory
 
@@ -85,8 +86,7 @@ def configure_backends(device: torch.device, requested_precision: str = "auto") 
     float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in float32."""
     tf32 = requested_precision != "fp32"
     if device.type == "cpu":
-        # AdamW's moments turn denormal late in a run and x86 is slow on them (BENCHMARKS.md).
-        torch.set_flush_denormal(True)
+        flush_denormals()  # AdamW's moments turn denormal late in a run (BENCHMARKS.md)
         keep_freed_memory()  # big tensors reuse their pages instead of re-faulting each step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
