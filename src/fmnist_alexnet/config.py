@@ -142,7 +142,9 @@ PRESETS: dict[str, dict] = {
     # 0.9314 (val 0.9344), against 20 epochs and 0.9296 (val 0.9298) at 128 px, one seed
     # each, back to back, both planned to 95 % of the hour. Planned to 88 % as today, the
     # same CPU fitted 14 and 13 epochs at 160 px, test 0.9280 and 0.9287 (seeds 0 and 1).
-    # Probes that did worse there: --translate 4 --erase 0.5 (0.9230), --lr 2e-3 (0.9167).
+    # Probes that did worse there: --translate 4 --erase 0.5 (0.9230), --lr 2e-3 (0.9167),
+    # --schedule wsd --cooldown 0.5 (0.9258 in 15 epochs), --erase 0.1 --zoom 0.1 --rotate 10
+    # (0.9246).
     # On CPUs without bf16 an hour fits only a few epochs of it.
     "hour": dict(
         _QUICK,
