@@ -260,15 +260,23 @@ def replan_budget(s: Session, took_s: float, steps: int) -> TrainConfig:
     save_s = s.budget.save_s if steps == s.data.steps_per_epoch else 0.0
     elapsed, took = s.dist.mean([s.progress.elapsed_s() + save_s, took_s + save_s])
     least = least_epochs(s.config, s.data.steps_per_epoch, steps)
-    s.budget = replan(s.budget, elapsed, took, steps, least)  # every rank: the same figures
-    if s.budget.epochs != s.config.epochs:
-        s.config = replace(s.config, {"epochs": s.budget.epochs})
-        retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
-    s.runtime["time_budget"] = s.budget.to_dict()
-    s.run.write_config(s.config, s.runtime)
+    _adopt_plan(s, replan(s.budget, elapsed, took, steps, least))  # every rank: same figures
     if s.dist.is_main:
         s.log(replan_line(s.budget, s.data.steps_per_epoch, s.config.schedule))
     return s.config
+
+
+def _adopt_plan(s: Session, plan: BudgetPlan) -> bool:
+    """Train to ``plan`` from here: its count, the schedule retargeted to it, config.json
+    rewritten with it; True when the count changed."""
+    changed = plan.epochs != s.config.epochs
+    s.budget = plan
+    if changed:
+        s.config = replace(s.config, {"epochs": plan.epochs})
+        retarget_schedule(s.step.scheduler, s.config, s.data.steps_per_epoch)
+    s.runtime["time_budget"] = plan.to_dict()
+    s.run.write_config(s.config, s.runtime)
+    return changed
 
 
 def budget_elapsed_s(s: Session) -> float:
@@ -291,18 +299,12 @@ def replan_budget_late(s: Session) -> TrainConfig:
     """The count planned again from the pace of the epochs after the first (their
     validations and saves, the save about to be written included), at least the count
     whose decay starts here; the run stays exactly the run of its final count."""
-    spe, done = s.data.steps_per_epoch, s.progress.epoch
-    least = least_epochs(s.config, spe, s.progress.step)
+    least = least_epochs(s.config, s.data.steps_per_epoch, s.progress.step)
     elapsed = budget_elapsed_s(s)
-    before = s.budget.epochs
-    s.budget = replan_late(s.budget, elapsed, done, elapsed - s.first_epoch_end_s, least)
-    if s.budget.epochs != before:
-        s.config = replace(s.config, {"epochs": s.budget.epochs})
-        retarget_schedule(s.step.scheduler, s.config, spe)
-        if s.dist.is_main:
-            s.log(late_replan_line(s.budget))
-    s.runtime["time_budget"] = s.budget.to_dict()
-    s.run.write_config(s.config, s.runtime)
+    since_first = elapsed - s.first_epoch_end_s
+    plan = replan_late(s.budget, elapsed, s.progress.epoch, since_first, least)
+    if _adopt_plan(s, plan) and s.dist.is_main:
+        s.log(late_replan_line(s.budget))
     return s.config
 
 
