@@ -138,10 +138,11 @@ PRESETS: dict[str, dict] = {
     # An hour of wall clock for the whole command, on any machine: --time-budget measures the
     # step speed first and trains as many epochs as fit (at most 40). The recipe is the
     # probe of issue 13, quick's with these flags on top, at 160 px and half quick's peak
-    # rate (RESULTS.md): on a 2-core Zen 5 CPU with native bf16, planned to 88 % of the
-    # hour, --lr 5e-4 fitted 17 epochs and scored test 0.9357 (val 0.9342, seed 0) in 57.2
-    # minutes, where the 1e-3 it replaced scored 0.9280 and 0.9287 in 14 and 13 epochs
-    # (seeds 0 and 1) and 0.9314 in 16 (planned to 95 %; its validation, 0.9344, was level).
+    # rate (RESULTS.md). On a 2-core Zen 5 CPU with native bf16, planned to 88 % of the
+    # hour, --lr 5e-4 fitted 17 and 14 epochs and scored test 0.9357 and 0.9344 (seeds 0
+    # and 1; val 0.9342, 0.9294) in 57.2 and 45.0 minutes; the 1e-3 it replaced fitted 14
+    # and 13 there and scored 0.9280 and 0.9287 (val 0.9318, 0.9296), and 0.9314 in 16
+    # epochs planned to 95 % (val 0.9344; 0.9296 and val 0.9298 at 128 px in 20).
     # Probes at 1e-3 that did worse there: --translate 4 --erase 0.5 (0.9230), --lr 2e-3
     # (0.9167), --schedule wsd --cooldown 0.5 (0.9258 in 15 epochs), --erase 0.1 --zoom 0.1
     # --rotate 10 (0.9246), --weight-decay 0.01 --erase 0.1 (0.9303 in 16).
