@@ -12,11 +12,12 @@ first (the preset's own: flip, 2 px shifts, erasing 0.25). Relate it to a traini
 from __future__ import annotations
 
 import argparse
+import itertools
 import statistics
-import time
 
 import torch
 
+from fmnist_alexnet.bench import Runner, window_rates
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.runtime import Distributed, configure_backends
 from fmnist_alexnet.spec import ModelSpec
@@ -29,12 +30,12 @@ SETTINGS = {  # flags over --preset hour
 }
 
 
-def per_batch_ms(data, config, steps: int) -> float:
-    batches = epoch_batches(data, config, ModelSpec.from_config(config), epoch=0)
-    start = time.perf_counter()
-    for _ in zip(range(steps), batches, strict=False):
-        pass
-    return (time.perf_counter() - start) / steps * 1000
+def batch_runner(data, config) -> Runner:
+    """A runner whose step draws the next training batch of ``config``, epoch after epoch."""
+    spec = ModelSpec.from_config(config)
+    epochs = (epoch_batches(data, config, spec, epoch=e) for e in itertools.count())
+    batches = itertools.chain.from_iterable(epochs)
+    return Runner(lambda: next(batches))
 
 
 def main() -> None:
@@ -48,18 +49,17 @@ def main() -> None:
         for name, flags in SETTINGS.items()
     }
     first = next(iter(configs.values()))
-    configure_backends(torch.device("cpu"))  # as train does: malloc, denormals
-    data = load_data(first, torch.device("cpu"), Distributed()).train
-    per_batch_ms(data, first, 3)  # warm-up
-    times = {name: [] for name in configs}
-    for _ in range(args.rounds):
-        for name, config in configs.items():
-            times[name].append(per_batch_ms(data, config, args.steps))
-    base = statistics.median(times[next(iter(times))])
+    device = torch.device("cpu")
+    configure_backends(device)  # as train does: malloc, denormals
+    data = load_data(first, device, Distributed()).train
+    runners = {name: batch_runner(data, config) for name, config in configs.items()}
+    # bench's own timer: the settings take turns window by window after 3 untimed batches
+    rates = window_rates(runners, first.batch_size, args.steps, args.rounds, 3, device)
+    ms = {name: 1000 * first.batch_size / statistics.median(r) for name, r in rates.items()}
+    base = ms[next(iter(ms))]
     print(f"{args.image_size} px, batch {first.batch_size}, {torch.get_num_threads()} threads:")
-    for name, values in times.items():
-        ms = statistics.median(values)
-        print(f"  {name}: {ms:.1f} ms per batch ({ms / base:.2f}x)")
+    for name, value in ms.items():
+        print(f"  {name}: {value:.1f} ms per batch ({value / base:.2f}x)")
 
 
 if __name__ == "__main__":
