@@ -1,6 +1,7 @@
 """--time-budget: the duration flag and the arithmetic that sizes a run to it."""
 
 import argparse
+import dataclasses
 
 import pytest
 
@@ -9,14 +10,15 @@ from fmnist_alexnet.budget import (
     FINISH_S,
     SAFETY,
     Speeds,
+    choose_size,
     fit_epochs,
     replan,
     replan_late,
     replan_step,
 )
-from fmnist_alexnet.config import resolve
+from fmnist_alexnet.config import budget_sizes, replace, resolve
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.messages import FEW_HOUR_EPOCHS, few_epochs_line
+from fmnist_alexnet.messages import FEW_HOUR_EPOCHS, budget_line, few_epochs_line
 
 
 @pytest.mark.parametrize(
@@ -150,3 +152,55 @@ def test_hour_says_when_so_few_epochs_fit_that_quick_did_better(preset, budget_s
     if noted:
         assert note.startswith("note: only 5 epochs of the hour preset's recipe fit")
         assert note.endswith("try --preset quick --time-budget 410s")
+
+
+def _plans(config, sizes):
+    return {
+        size: fit_epochs(replace(config, {"image_size": size}), SPEEDS, spent_s=30.0, **SIZES)
+        for size in sizes
+    }
+
+
+@pytest.mark.parametrize(("need", "chosen"), [(4, 128), (7, 128), (8, 96), (30, 96)])
+def test_the_largest_size_that_fits_the_needed_epochs_is_chosen(need, chosen):
+    # 455 s to spend (as above): 7 epochs of 57 s fit at 128 px, 14 of 32 s at 96 px
+    config = resolve("quick", {"time_budget": 600.0, "epochs": 40})
+    plans = _plans(config, [96, 128])
+    assert (plans[96].epochs, plans[128].epochs) == (14, 7)
+    assert choose_size(plans, need) == chosen  # none fits 30: the smallest
+
+
+def test_the_choice_is_said_on_the_budget_line():
+    config = resolve("quick", {"time_budget": 600.0, "epochs": 40})
+    plans = _plans(config, [96, 128])
+    plan = dataclasses.replace(plans[96], sizes={96: 14, 128: 7})
+    line = budget_line(plan, 96, need=8)
+    assert line.startswith(
+        "time budget 600 s: 96 px chosen (the largest that fits 8 epochs; epochs that fit: "
+        "14 at 96 px, 7 at 128 px); 14 epochs fit"
+    )
+    assert "none fits 20 epochs" in budget_line(plan, 96, need=20)
+
+
+def test_quick_chooses_its_size_unless_one_is_given():
+    assert resolve("quick", {}).budget_sizes == "65,96,128"
+    assert resolve("quick", {}).time_budget == 900.0
+    assert resolve("quick", {"image_size": 96}).budget_sizes == ""
+    assert resolve("quick", {"image_size": 96, "budget_sizes": "96,112"}).budget_sizes == "96,112"
+    assert resolve("hour", {}).budget_sizes == ""
+    assert resolve("quick", {"arch": "alexnet-d2l"}).budget_sizes == "65,96,128"  # all archs
+    assert budget_sizes(resolve("quick", {"budget_sizes": " 128, 64 ,96"})) == [64, 96, 128]
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"budget_sizes": "64,abc"}, "expected resolutions in px separated by commas"),
+        ({"budget_sizes": "32,64"}, "--budget-sizes 32 is too small"),
+        ({"budget_sizes": "64", "start_size": 64, "start_epochs": 1}, "cannot be combined"),
+        ({"budget_epochs": 0}, "--budget-epochs must be > 0"),
+    ],
+)
+def test_budget_sizes_are_checked(overrides, message):
+    with pytest.raises(FmnistError, match=message):
+        resolve("quick", overrides)

@@ -82,6 +82,9 @@ def test_the_samples_grid_fits_a_test_set_smaller_than_itself(n, shown, cells):
 def test_reproduce_command_names_only_what_differs_from_the_preset():
     config = resolve("quick", {"lr": 0.002, "flip": False, "out": "x"}).to_dict()
     assert reproduce_command(config) == "fmnist-alexnet train --preset quick --lr 0.002 --no-flip"
+    sized = resolve("quick", {"image_size": 96, "out": "x"}).to_dict()  # no size choice then
+    command = "fmnist-alexnet train --preset quick --budget-sizes '' --image-size 96"
+    assert reproduce_command(sized) == command
     config = resolve("hour", {"epochs": 28, "time_budget": 0.0}).to_dict()
     assert (
         reproduce_command(config)
@@ -134,8 +137,9 @@ def test_an_onnx_file_with_a_damaged_contract_is_one_line(tmp_path, contract):
         OnnxModel.load(tmp_path / "m.onnx")
 
 
-# TorchScript is kept for older runtimes although the pinned torch deprecates torch.jit (README);
-# its DeprecationWarnings are expected here, and Python hides them from CLI users by default.
+# TorchScript is kept for older runtimes although the pinned torch deprecates torch.jit
+# (docs/export.md); its DeprecationWarnings are expected here, and Python hides them from
+# CLI users by default.
 @pytest.mark.filterwarnings("ignore:`torch.jit.*is deprecated:DeprecationWarning")
 @pytest.mark.parametrize("fmt", [f for f in FORMATS if f != "onnx"])  # onnx: through the CLI
 def test_export_agrees_with_pytorch_and_carries_the_contract(run_dir, tmp_path, fmt):

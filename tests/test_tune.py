@@ -4,7 +4,7 @@ the study resumes from its database; the best trial is tested once."""
 import json
 
 import pytest
-from conftest import TINY_ARGS
+from conftest import TUNE_ARGS
 
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.plan import plan_run
@@ -19,7 +19,7 @@ PRUNE_EARLY = ["--prune-startup", "1", "--prune-warmup", "0", "--startup-trials"
 
 
 def tune_args(out, space, trials):
-    fixed = [*TINY_ARGS, "--limit-train", "128", "--limit-eval", "200", "--epochs", "2"]
+    fixed = [*TUNE_ARGS, "--limit-train", "128", "--limit-eval", "200", "--epochs", "2"]
     return ["tune", "--out", str(out), "--space", str(space), "--trials", str(trials)] + [
         *fixed,
         *PRUNE_EARLY,

@@ -13,6 +13,10 @@ when its rates ignore the total, else when a shorter warm-up ends. The ``wsd`` s
 holds its peak rate until its final decay, so there the count is planned again after every
 epoch that ends before the decay starts (:func:`replan_late`), each time from the pace of
 all the epochs after the first, with the margin kept on the time still to run.
+
+With ``--budget-sizes`` the probe also chooses the resolution: it times each size, smallest
+first, and the run takes the largest at which ``--budget-epochs`` epochs fit (else the
+smallest, with what fits there), so one preset serves a fast and a slow machine alike.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from fmnist_alexnet.checkpoint import Checkpoint
-from fmnist_alexnet.config import TrainConfig, epoch_size, replace
+from fmnist_alexnet.config import TrainConfig, budget_sizes, epoch_size, replace
 from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.optim import steps_ignoring_total
@@ -37,10 +41,8 @@ from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import build_train_step
 
-# Plan to use this share of the budget: noise takes the rest. Fifteen budgeted runs on shared
-# 2-core VMs ended 0.86-1.11x their final plan (RESULTS.md), later epochs running slower or
-# faster than the first one that the plan was scaled by (not because of the run's state:
-# benchmarks/late_state.py); 0.88 leaves room for 1.136x.
+# Plan to use this share of the budget: later epochs on a shared machine can run slower than
+# the first one the plan is scaled by (docs/training.md#time-budget).
 SAFETY = 0.88
 FINISH_S = 20.0  # kept for the process's start, loading best.pt again and the figures
 WARMUP_STEPS = 2  # untimed: the first steps build kernels and allocate
@@ -74,6 +76,7 @@ class BudgetPlan:
     finish_s: float = FINISH_S
     replanned: dict | None = None  # after the run's first steps: what they took, what changed
     late: dict | None = None  # wsd: the latest plan after a later epoch, and how many there were
+    sizes: dict[int, int] | None = None  # --budget-sizes: the epochs that fit at each size timed
     costs: list[float] = field(default_factory=list, repr=False)  # every epoch to the cap
     first_steps_s: float = field(default=0.0, repr=False)  # the first epoch's steps alone
     steps_per_epoch: int = field(default=1, repr=False)
@@ -233,24 +236,58 @@ def plan_budget(
     epoch_batches: Callable,
     save: Callable[[Checkpoint], float],
 ) -> tuple[TrainConfig, BudgetPlan]:
-    """Probe this machine's speed and return ``config`` with the epochs that fit.
-    ``epoch_batches(data, config, spec, epoch, dist=dist)`` yields training's own batches;
-    ``save(checkpoint)`` writes one as each epoch will and returns the seconds it took."""
+    """Probe this machine's speed and return ``config`` with the epochs that fit (and, with
+    ``--budget-sizes``, the resolution chosen). ``epoch_batches(data, config, spec, epoch,
+    dist=dist)`` yields training's own batches; ``save(checkpoint)`` writes one as each
+    epoch will and returns the seconds it took."""
     evaluated = data.val if len(data.val) else data.train
-    speeds = probe(config, device, precision, data.train, evaluated, dist, epoch_batches, save)
-    gc.collect()  # the probe's model and optimizer go before the real ones are built
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-    plan = fit_epochs(
-        config,
-        speeds,
-        spent_s=time.perf_counter() - started,
-        steps_per_epoch=data.steps_per_epoch,
-        val_images=len(data.val),
-        test_images=len(data.test),
-        world_size=dist.world_size,
-    )
-    return replace(config, {"epochs": plan.epochs}), plan
+    sizes = budget_sizes(config) or [config.image_size]
+    plans: dict[int, BudgetPlan | None] = {}
+    save_s = None
+    for size in sizes:  # smallest first: stop at the first size too slow to choose
+        sized = replace(config, {"image_size": size})
+        speeds = probe(
+            sized, device, precision, data.train, evaluated, dist, epoch_batches, save, save_s
+        )
+        save_s = speeds.save_s
+        gc.collect()  # the probe's model and optimizer go before the next ones are built
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        spent_s = dist.mean([time.perf_counter() - started])[0]  # every rank plans alike
+        plans[size] = _fit_or_none(sized, speeds, spent_s, data, dist.world_size, size == sizes[0])
+        if plans[size] is None or plans[size].epochs < config.budget_epochs:
+            break
+    size = choose_size(plans, config.budget_epochs)
+    plan = plans[size]
+    if len(sizes) > 1:
+        plan = dataclasses.replace(
+            plan, sizes={s: (p.epochs if p else 0) for s, p in plans.items()}
+        )
+    return replace(config, {"image_size": size, "epochs": plan.epochs}), plan
+
+
+def _fit_or_none(config, speeds, spent_s, data, world_size, must_fit: bool) -> BudgetPlan | None:
+    """:func:`fit_epochs`, or None where no epoch fits at this size (an error at the first)."""
+    try:
+        return fit_epochs(
+            config,
+            speeds,
+            spent_s=spent_s,
+            steps_per_epoch=data.steps_per_epoch,
+            val_images=len(data.val),
+            test_images=len(data.test),
+            world_size=world_size,
+        )
+    except FmnistError:
+        if must_fit:
+            raise
+        return None
+
+
+def choose_size(plans: dict[int, BudgetPlan | None], need: int) -> int:
+    """The largest size whose plan fits ``need`` epochs, else the smallest size timed."""
+    fitting = [size for size, plan in plans.items() if plan is not None and plan.epochs >= need]
+    return max(fitting) if fitting else min(plans)
 
 
 def probe(
@@ -262,9 +299,11 @@ def probe(
     dist: Distributed,
     epoch_batches: Callable,
     save: Callable[[Checkpoint], float],
+    save_s: float | None = None,
 ) -> Speeds:
     """Time real steps of a throwaway model on the run's own batches, then free it. Every
-    rank reports the mean over ranks, so all of them plan the same epochs."""
+    rank reports the mean over ranks, so all of them plan the same epochs. ``save_s``, when
+    known, is used instead of timing another save."""
     spec = ModelSpec.from_config(config)
     step = build_train_step(config, device, precision, steps_per_epoch=1, dist=dist)
     timed = TIMED_STEPS.get(device.type, TIMED_STEPS["cpu"])
@@ -279,9 +318,10 @@ def probe(
         step_s[size] = _steps_s(step, batches, timed, device) / timed
         warmup_extra += max(0.0, warm - WARMUP_STEPS * step_s[size])
     eval_image_s = _eval_image_s(step, evaluated, spec, config, device)
-    save_s = save(step.checkpoint(config, Progress())) if dist.is_main else 0.0  # rank 0 saves
     *steps, eval_image_s, warmup_extra = dist.mean([*step_s.values(), eval_image_s, warmup_extra])
-    save_s = dist.all_reduce_sum(torch.tensor([save_s], dtype=torch.float64)).item()
+    if save_s is None:
+        save_s = save(step.checkpoint(config, Progress())) if dist.is_main else 0.0  # rank 0
+        save_s = dist.all_reduce_sum(torch.tensor([save_s], dtype=torch.float64)).item()
     return Speeds(dict(zip(step_s, steps, strict=True)), eval_image_s, save_s, warmup_extra)
 
 

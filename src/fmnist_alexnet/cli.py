@@ -14,7 +14,16 @@ import torch
 
 from fmnist_alexnet import __version__
 from fmnist_alexnet.argtypes import duration, integer, number
-from fmnist_alexnet.config import CHOICES, PRESETS, TrainConfig, resolve
+from fmnist_alexnet.config import (
+    CHOICES,
+    GROUPS,
+    OUTPUT,
+    PRESETS,
+    RUN,
+    TrainConfig,
+    resolve,
+    setting_help,
+)
 from fmnist_alexnet.data import sources
 from fmnist_alexnet.engines import ENGINES, load_classifier
 from fmnist_alexnet.errors import FmnistError
@@ -30,80 +39,6 @@ ENGINE_HELP = (
 )
 PRECISION_HELP = "auto: as the checkpoint was trained, bf16 where native; fp32: exact float32"
 
-# One help text per TrainConfig field; the flags, their types, choices and the defaults
-# quoted in the help are generated from the dataclass and the presets.
-TRAIN_HELP = {
-    "arch": "the seed network, the paper/d2l widths 96-256-384-384-256, or those widths "
-    "with d2l's dropout placement (after each hidden ReLU)",
-    "dropout": "dropout probability in the classifier",
-    "init": "weight initialisation (xavier: Glorot uniform, as d2l trains)",
-    "epochs": "epochs in all (with --resume: the total to reach; with --time-budget: the most)",
-    "time_budget": "size a new run to this wall time (90s, 15m, 1h): its speed is measured "
-    "first and it trains as many epochs as fit, at most --epochs (0: off; seconds)",
-    "batch_size": "global batch size, split across processes",
-    "drop_last": "drop each epoch's incomplete last batch (--no-drop-last keeps it, as a "
-    "DataLoader does by default; one process only)",
-    "eval_batch_size": "batch size of validation and test",
-    "optimizer": "optimizer",
-    "lr": "peak learning rate",
-    "momentum": "SGD momentum",
-    "nesterov": "Nesterov momentum (SGD)",
-    "weight_decay": "weight decay (not on biases)",
-    "schedule": "learning-rate schedule (wsd: warm-up, the peak held, then a cosine decay "
-    "over the last --cooldown of the run, which lets --time-budget plan again until then)",
-    "warmup_epochs": "warm-up epochs (onecycle: 0 means 30%% of the run)",
-    "cooldown": "wsd: the share of the run's last steps that decay to 0",
-    "label_smoothing": "label smoothing of the cross-entropy",
-    "grad_clip": "max gradient norm (0: off)",
-    "ema": "evaluate and save a moving average of the weights with this decay (0: off)",
-    "image_size": "input resolution in px (>= 63; >= 65 for alexnet-paper and alexnet-d2l)",
-    "start_size": "progressive resizing: the early resolution (0: off)",
-    "start_epochs": "train the first N epochs at --start-size",
-    "resize_mode": "how the 28x28 images are resized to --image-size",
-    "mean": "inputs are (x/255 - MEAN) / STD; --mean 0 --std 1 leaves them in [0, 1]",
-    "std": "see --mean",
-    "flip": "random horizontal flips",
-    "translate": "random shift up to N pixels of the 28x28 image (0: off)",
-    "erase": "random erasing: with probability P a box (2-33%% of the image) becomes noise",
-    "zoom": "random zoom in or out by up to this fraction (0.1: 0.9x to 1.1x; 0: off)",
-    "rotate": "random rotation by up to this many degrees either way (0: off)",
-    "precision": "auto: bf16 autocast where the device has native bf16, else fp32",
-    "channels_last": "channels_last memory format",
-    "compile": "torch.compile the model",
-    "device": "training device (auto: cuda when available)",
-    "seed": "seed of the initial weights, data order, augmentation and dropout",
-    "val_size": "training images held out for model selection",
-    "split_seed": "seed that picks the held-out images",
-    "limit_train": "train on the first N images only (0: all)",
-    "limit_eval": "validate and test on the first N images only (0: all)",
-    "data_dir": "folder with the four IDX files, .gz or raw (default: "
-    f"${sources.ENV_VAR}, else {sources.DEBIAN_DIR}, "
-    f"else ./{sources.TORCHVISION_ROOT / 'FashionMNIST' / 'raw'})",
-    "out": "run folder (default: runs/<timestamp>-<preset>)",
-    "progress": "progress bar on a terminal",
-    "log_every": "steps between progress updates, TensorBoard points and the finite-loss check",
-    "tensorboard": "TensorBoard event files in OUT/tensorboard (needs the tensorboard extra)",
-    "early_stop": "stop after N epochs in a row without a validation-accuracy gain (0: off)",
-    "min_delta": "the validation-accuracy gain that counts for --early-stop",
-}
-_METAVARS = {
-    "time_budget": "DURATION",
-    "ema": "DECAY",
-    "start_size": "PX",
-    "start_epochs": "N",
-    "erase": "P",
-    "cooldown": "F",
-    "zoom": "F",
-    "rotate": "DEG",
-    "translate": "N",
-    "limit_train": "N",
-    "limit_eval": "N",
-    "data_dir": "DIR",
-    "out": "DIR",
-    "log_every": "N",
-    "early_stop": "N",
-    "min_delta": "D",
-}
 # The config fields `bench` takes as flags, overriding its preset as `train`'s do.
 BENCH_FLAGS = (
     "log_every",
@@ -142,14 +77,16 @@ def _shown(value) -> str:
     return str(value).replace("%", "%%")
 
 
-def add_train_flags(parser: argparse.ArgumentParser, names=None) -> None:
-    """One flag per TrainConfig field (or per one of ``names``). Each defaults to None: only
-    flags given override the preset (or, with --resume, the checkpoint's config)."""
+def add_train_flags(parser: argparse.ArgumentParser, names=None, groups=None) -> None:
+    """One flag per TrainConfig field (or per one of ``names``), its help text, group and
+    metavar from the field's metadata. Each defaults to None: only flags given override the
+    preset (or, with --resume, the checkpoint's config). ``groups`` (name -> argument
+    group) files each flag under its field's group; else all go on ``parser``."""
     for field in dataclasses.fields(TrainConfig):
         if field.name == "preset" or (names is not None and field.name not in names):
             continue
         flag = "--" + field.name.replace("_", "-")
-        help_text = TRAIN_HELP[field.name]
+        help_text = field.metadata["help"]
         if field.name not in ("data_dir", "out"):
             help_text += f" ({preset_defaults(field.name)})"
         kwargs: dict = {"default": None, "help": help_text}
@@ -159,8 +96,8 @@ def add_train_flags(parser: argparse.ArgumentParser, names=None) -> None:
             kwargs["choices"] = CHOICES[field.name]
         else:
             kwargs["type"] = _FIELD_TYPES.get(field.name, _TYPES[field.type])
-            kwargs["metavar"] = _METAVARS.get(field.name)
-        parser.add_argument(flag, **kwargs)
+            kwargs["metavar"] = field.metadata["metavar"]
+        (groups or {}).get(field.metadata["group"], parser).add_argument(flag, **kwargs)
 
 
 def _train_arguments(p: argparse.ArgumentParser) -> None:
@@ -171,14 +108,15 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
         help="a recipe: a TOML file of settings (e.g. tune's best_recipe.toml) or a run's "
         "config.json (its rerun goes to a new folder); flags given here override it",
     )
-    p.add_argument(
+    groups = {name: p.add_argument_group(name) for name in GROUPS}
+    groups[RUN].add_argument(
         "--resume",
         metavar="PATH|auto",
         help="continue from a checkpoint (auto: OUT/checkpoints/last.pt); "
         "--epochs is then the total",
     )
-    add_train_flags(p)
-    p.add_argument(
+    add_train_flags(p, groups=groups)
+    groups[OUTPUT].add_argument(
         "--no-report",
         dest="report",
         action="store_false",
@@ -187,7 +125,7 @@ def _train_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _data_dir_flag(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--data-dir", metavar="DIR", help=TRAIN_HELP["data_dir"])
+    p.add_argument("--data-dir", metavar="DIR", help=setting_help("data_dir"))
 
 
 def _device_flag(p: argparse.ArgumentParser) -> None:
@@ -350,7 +288,8 @@ def _add_bench(commands) -> None:
     bench.add_argument(
         "--profile",
         action="store_true",
-        help="also break a step into data, forward, backward, optimizer",
+        help="also break a step into data, forward, backward, optimizer, and on the CPU "
+        "into convolutions, linear layers and optimizer with their GFLOP/s",
     )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -597,6 +536,17 @@ def _bench(args) -> int:
     print(f"  peak memory             {result['peak_memory_mb']:9.0f} MB")
     for phase, ms in result.get("profile_ms_per_step", {}).items():
         print(f"  {phase:<22}  {ms:9.1f} ms/step")
+    if "profile_parts" in result:
+        print(
+            f"  by kind of work (profiled; a {result['gemm_size']} GEMM runs at "
+            f"{result['gemm_gflops']:.0f} GFLOP/s here):"
+        )
+        for row in result["profile_parts"]:
+            rate = f"{row['gflops']:7.0f} GFLOP/s" if row["gflops"] else ""
+            print(
+                f"    {row['part']:<36} {row['ms_per_step']:8.1f} ms/step "
+                f"{row['share']:6.1%}  {rate}".rstrip()
+            )
     return 0
 
 

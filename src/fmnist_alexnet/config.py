@@ -4,65 +4,180 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fmnist_alexnet.argtypes import INT_MAX
 from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.data.batches import RESIZE_MODES
+from fmnist_alexnet.data.sources import DEBIAN_DIR, ENV_VAR, TORCHVISION_ROOT
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import ARCHS, INITS, check_image_size
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
+MODEL, DATA, OPTIM, AUGMENT, SCHEDULE, RUN, OUTPUT = (
+    "model",
+    "data",
+    "optimisation",
+    "augmentation",
+    "schedule and time budget",
+    "run control",
+    "output",
+)
+GROUPS = (MODEL, DATA, OPTIM, AUGMENT, SCHEDULE, RUN, OUTPUT)  # `train --help` in this order
+
+
+def _setting(default, group: str, help: str, metavar: str | None = None):
+    """A config field with its flag's help text, group and metavar beside it."""
+    return field(default=default, metadata={"group": group, "help": help, "metavar": metavar})
+
 
 @dataclass
 class TrainConfig:
-    preset: str = "quick"
-    arch: str = "alexnet"
-    dropout: float = 0.5  # the seed's nn.Dropout() in the classifier
-    init: str = "default"  # default | xavier (d2l's train_ch6)
-    epochs: int = 10
-    time_budget: float = 0.0  # seconds of wall clock a new run sizes its epochs to; 0 = off
-    batch_size: int = 128  # global batch, split across ranks
-    drop_last: bool = True  # drop each epoch's incomplete last batch (False: d2l's DataLoader)
-    eval_batch_size: int = 500
-    optimizer: str = "sgd"  # sgd | adamw
-    lr: float = 0.01
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 0.0
-    schedule: str = "constant"  # constant | cosine | onecycle | wsd
-    warmup_epochs: float = 0.0
-    cooldown: float = 0.3  # wsd: the share of the run's last steps that anneal to 0
-    label_smoothing: float = 0.0
-    grad_clip: float = 0.0  # max gradient norm; 0 turns clipping off
-    ema: float = 0.0  # decay of an exponential moving average of the weights; 0 = off
-    image_size: int = 224  # the resolution of evaluation, export and the final epochs
-    start_size: int = 0  # progressive resizing: train the first start_epochs at this size
-    start_epochs: int = 0
-    resize_mode: str = "bilinear"
-    mean: float = MEAN  # inputs are (x/255 - mean) / std; mean 0 and std 1 leave them in [0, 1]
-    std: float = STD
-    flip: bool = False
-    translate: int = 0  # largest random shift, in pixels of the 28x28 image
-    erase: float = 0.0  # random-erasing probability per training image
-    zoom: float = 0.0  # largest random zoom in or out, as a fraction (0.1: 0.9x-1.1x)
-    rotate: float = 0.0  # largest random rotation either way, in degrees
-    precision: str = "auto"  # auto | bf16 | fp32
-    channels_last: bool = True
-    compile: bool = False
-    device: str = "auto"  # auto | cpu | cuda
-    seed: int = 0
-    val_size: int = 5000
-    split_seed: int = 0
-    limit_train: int = 0  # use only the first N training images (after the split); 0 = all
-    limit_eval: int = 0  # use only the first N validation and test images; 0 = all
-    data_dir: str | None = None
-    out: str | None = None
-    progress: bool = True
-    log_every: int = 10  # steps between progress updates, TensorBoard points, finite checks
-    tensorboard: bool = True  # event files in OUT/tensorboard (rank 0; needs the extra)
-    early_stop: int = 0  # stop after this many epochs without validation gain; 0 = off
-    min_delta: float = 0.0  # the validation-accuracy gain that counts as one
+    """Every setting of a run; each field is one ``train`` flag (``--image-size`` for
+    ``image_size``), and its help text lives here."""
+
+    preset: str = field(default="quick", metadata={"help": "named defaults"})
+    arch: str = _setting(
+        "alexnet",
+        MODEL,
+        "the seed network, the paper/d2l widths 96-256-384-384-256, or those widths with "
+        "d2l's dropout placement (after each hidden ReLU)",
+    )
+    dropout: float = _setting(0.5, MODEL, "dropout probability in the classifier")
+    init: str = _setting("default", MODEL, "weight initialisation (xavier: Glorot, as d2l)")
+    epochs: int = _setting(
+        10,
+        SCHEDULE,
+        "epochs in all (with --resume: the total to reach; with --time-budget: the most)",
+        "N",
+    )
+    time_budget: float = _setting(
+        0.0,
+        SCHEDULE,
+        "size a new run to this wall time (90s, 15m, 1h): its speed is measured first and "
+        "it trains as many epochs as fit, at most --epochs (0: off; seconds)",
+        "DURATION",
+    )
+    budget_sizes: str = _setting(
+        "",
+        SCHEDULE,
+        "with --time-budget: train at the largest of these resolutions (px, comma-separated) "
+        "at which --budget-epochs fit, else the smallest; a given --image-size turns it off",
+        "PX,PX",
+    )
+    budget_epochs: int = _setting(
+        1, SCHEDULE, "the epochs a size of --budget-sizes must fit to be chosen", "N"
+    )
+    batch_size: int = _setting(128, DATA, "global batch size, split across processes", "N")
+    drop_last: bool = _setting(
+        True,
+        DATA,
+        "drop each epoch's incomplete last batch (--no-drop-last keeps it, as a DataLoader "
+        "does by default; one process only)",
+    )
+    eval_batch_size: int = _setting(500, DATA, "batch size of validation and test", "N")
+    optimizer: str = _setting("sgd", OPTIM, "optimizer")
+    lr: float = _setting(0.01, OPTIM, "peak learning rate")
+    momentum: float = _setting(0.9, OPTIM, "SGD momentum")
+    nesterov: bool = _setting(False, OPTIM, "Nesterov momentum (SGD)")
+    weight_decay: float = _setting(0.0, OPTIM, "weight decay (not on biases)")
+    schedule: str = _setting(
+        "constant",
+        SCHEDULE,
+        "learning-rate schedule (wsd: warm-up, the peak held, then a cosine decay over the "
+        "last --cooldown of the run, which lets --time-budget plan again until then)",
+    )
+    warmup_epochs: float = _setting(
+        0.0, SCHEDULE, "warm-up epochs (onecycle: 0 means 30%% of the run)", "E"
+    )
+    cooldown: float = _setting(
+        0.3, SCHEDULE, "wsd: the share of the run's last steps that decay to 0", "F"
+    )
+    label_smoothing: float = _setting(0.0, OPTIM, "label smoothing of the cross-entropy", "F")
+    grad_clip: float = _setting(0.0, OPTIM, "max gradient norm (0: off)", "NORM")
+    ema: float = _setting(
+        0.0,
+        OPTIM,
+        "evaluate and save a moving average of the weights with this decay (0: off)",
+        "DECAY",
+    )
+    image_size: int = _setting(
+        224,
+        MODEL,
+        "input resolution in px (>= 63; >= 65 for alexnet-paper and alexnet-d2l)",
+        "PX",
+    )
+    start_size: int = _setting(
+        0, SCHEDULE, "progressive resizing: the early resolution (0: off)", "PX"
+    )
+    start_epochs: int = _setting(0, SCHEDULE, "train the first N epochs at --start-size", "N")
+    resize_mode: str = _setting(
+        "bilinear", MODEL, "how the 28x28 images are resized to --image-size"
+    )
+    mean: float = _setting(
+        MEAN, MODEL, "inputs are (x/255 - MEAN) / STD; --mean 0 --std 1 leaves them in [0, 1]"
+    )
+    std: float = _setting(STD, MODEL, "see --mean")
+    flip: bool = _setting(False, AUGMENT, "random horizontal flips")
+    translate: int = _setting(
+        0, AUGMENT, "random shift up to N pixels of the 28x28 image (0: off)", "N"
+    )
+    erase: float = _setting(
+        0.0,
+        AUGMENT,
+        "random erasing: with probability P a box (2-33%% of the image) becomes noise",
+        "P",
+    )
+    zoom: float = _setting(
+        0.0, AUGMENT, "random zoom in or out by up to this fraction (0.1: 0.9x to 1.1x)", "F"
+    )
+    rotate: float = _setting(
+        0.0, AUGMENT, "random rotation by up to this many degrees either way (0: off)", "DEG"
+    )
+    precision: str = _setting(
+        "auto", RUN, "auto: bf16 autocast where the device has native bf16, else fp32"
+    )
+    channels_last: bool = _setting(True, RUN, "channels_last memory format")
+    compile: bool = _setting(False, RUN, "torch.compile the model")
+    device: str = _setting("auto", RUN, "training device (auto: cuda when available)")
+    seed: int = _setting(
+        0, RUN, "seed of the initial weights, data order, augmentation and dropout", "N"
+    )
+    val_size: int = _setting(5000, DATA, "training images held out for model selection", "N")
+    split_seed: int = _setting(0, DATA, "seed that picks the held-out images", "N")
+    limit_train: int = _setting(0, DATA, "train on the first N images only (0: all)", "N")
+    limit_eval: int = _setting(
+        0, DATA, "validate and test on the first N images only (0: all)", "N"
+    )
+    data_dir: str | None = _setting(
+        None,
+        DATA,
+        f"folder with the four IDX files, .gz or raw (default: ${ENV_VAR}, else "
+        f"{DEBIAN_DIR}, else ./{TORCHVISION_ROOT / 'FashionMNIST' / 'raw'})",
+        "DIR",
+    )
+    out: str | None = _setting(
+        None, OUTPUT, "run folder (default: runs/<timestamp>-<preset>)", "DIR"
+    )
+    progress: bool = _setting(True, OUTPUT, "progress bar on a terminal")
+    log_every: int = _setting(
+        10,
+        OUTPUT,
+        "steps between progress updates, TensorBoard points and the finite-loss check",
+        "N",
+    )
+    tensorboard: bool = _setting(
+        True, OUTPUT, "TensorBoard event files in OUT/tensorboard (needs the tensorboard extra)"
+    )
+    early_stop: int = _setting(
+        0,
+        SCHEDULE,
+        "stop after N epochs in a row without a validation-accuracy gain (0: off)",
+        "N",
+    )
+    min_delta: float = _setting(
+        0.0, SCHEDULE, "the validation-accuracy gain that counts for --early-stop", "D"
+    )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -75,10 +190,7 @@ class TrainConfig:
 
 _NO_AUGMENT = {"flip": False, "translate": 0, "erase": 0.0, "zoom": 0.0, "rotate": 0.0}
 
-# For a 2-core CPU: low resolution, one-cycle AdamW, a few epochs. Chosen by probes on the
-# validation split (RESULTS.md): 4 epochs at 96 px gave test 0.914 (mean of 3 seeds); 5 at
-# 128 px gave 0.923 in under 10 minutes on a 2-core CPU with native bf16, where a 128 px
-# step costs only about a tenth more than 96 px.
+# quick's recipe, which hour builds on: one-cycle AdamW with label smoothing and flips.
 _QUICK = dict(
     epochs=5,
     optimizer="adamw",
@@ -134,19 +246,12 @@ PRESETS: dict[str, dict] = {
         label_smoothing=0.0,
         **_NO_AUGMENT,
     ),
-    "quick": _QUICK,
-    # An hour of wall clock for the whole command, on any machine: --time-budget measures the
-    # step speed first and trains as many epochs as fit (at most 40). The recipe is the
-    # probe of issue 13, quick's with these flags on top, at 160 px and half quick's peak
-    # rate (RESULTS.md). On a 2-core Zen 5 CPU with native bf16, planned to 88 % of the
-    # hour, --lr 5e-4 fitted 17 and 14 epochs and scored test 0.9357 and 0.9344 (seeds 0
-    # and 1; val 0.9342, 0.9294) in 57.2 and 45.0 minutes; the 1e-3 it replaced fitted 14
-    # and 13 there and scored 0.9280 and 0.9287 (val 0.9318, 0.9296), and 0.9314 in 16
-    # epochs planned to 95 % (val 0.9344; 0.9296 and val 0.9298 at 128 px in 20).
-    # Probes at 1e-3 that did worse there: --translate 4 --erase 0.5 (0.9230), --lr 2e-3
-    # (0.9167), --schedule wsd --cooldown 0.5 (0.9258 in 15 epochs), --erase 0.1 --zoom 0.1
-    # --rotate 10 (0.9246), --weight-decay 0.01 --erase 0.1 (0.9303 in 16).
-    # On CPUs without bf16 an hour fits only a few epochs of it.
+    # Fifteen minutes on any machine: the largest resolution at which 4 epochs fit, else
+    # the smallest (65 px: the least every arch takes) with what fits there
+    # (docs/results.md#quick).
+    "quick": dict(_QUICK, time_budget=900.0, budget_sizes="65,96,128", budget_epochs=4),
+    # An hour of wall clock on any machine: quick's recipe at 160 px, more regularised, at
+    # half quick's peak rate, for as many epochs as fit (at most 40; docs/results.md#hour).
     "hour": dict(
         _QUICK,
         epochs=40,
@@ -158,8 +263,8 @@ PRESETS: dict[str, dict] = {
         translate=2,
         erase=0.25,
     ),
-    # Maximum accuracy on a GPU at the seed's 224 px; tuned on the CPU at reduced scale
-    # (RESULTS.md), where SGD stayed on this batch-norm-free network's initial plateau.
+    # Maximum accuracy on a GPU at the seed's 224 px; AdamW, since SGD stays on this
+    # batch-norm-free network's initial plateau (docs/results.md#best).
     "best": dict(
         epochs=30,
         optimizer="adamw",
@@ -177,6 +282,11 @@ PRESETS: dict[str, dict] = {
 }
 
 
+def setting_help(name: str) -> str:
+    """The help text of the ``train`` flag for config field ``name``."""
+    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+
+
 def epoch_size(config: TrainConfig, epoch: int) -> int:
     """The training resolution of ``epoch`` (0-based): progressive resizing's early size."""
     return config.start_size if epoch < config.start_epochs else config.image_size
@@ -187,7 +297,27 @@ def resolve(preset: str, overrides: dict) -> TrainConfig:
     if preset not in PRESETS:
         raise FmnistError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     config = TrainConfig(preset=preset, **PRESETS[preset])
+    given = {k for k, v in overrides.items() if v is not None}
+    if {"image_size", "start_size", "start_epochs"} & given and "budget_sizes" not in given:
+        config = dataclasses.replace(config, budget_sizes="")  # a given size is the size
     return replace(config, overrides)
+
+
+def budget_sizes(config: TrainConfig) -> list[int]:
+    """``--budget-sizes`` as resolutions, smallest first (empty when off)."""
+    text = config.budget_sizes.replace(" ", "")
+    if not text:
+        return []
+    try:
+        sizes = sorted({int(part) for part in text.split(",")})
+    except ValueError:
+        raise FmnistError(
+            f"--budget-sizes {config.budget_sizes!r}: expected resolutions in px separated by "
+            "commas, such as 65,96,128"
+        ) from None
+    for size in sizes:
+        check_image_size(config.arch, size, flag="--budget-sizes")
+    return sizes
 
 
 def replace(config: TrainConfig, overrides: dict) -> TrainConfig:
@@ -205,7 +335,7 @@ CHOICES = {
     "device": DEVICES,
     "resize_mode": RESIZE_MODES,
 }
-_POSITIVE = ("epochs", "batch_size", "eval_batch_size", "lr", "log_every")
+_POSITIVE = ("epochs", "budget_epochs", "batch_size", "eval_batch_size", "lr", "log_every")
 _NON_NEGATIVE = (
     "weight_decay",
     "warmup_epochs",
@@ -261,6 +391,11 @@ def validate(config: TrainConfig) -> None:
     if config.std <= 0:
         raise FmnistError(f"--std must be > 0, got {config.std}")
     check_image_size(config.arch, config.image_size)
+    if budget_sizes(config) and config.start_epochs:
+        raise FmnistError(
+            "--budget-sizes chooses one resolution for the whole run: it cannot be combined "
+            "with --start-epochs (give --budget-sizes '' to turn it off)"
+        )
     if config.early_stop and not config.val_size:
         raise FmnistError("--early-stop watches validation accuracy: it needs --val-size > 0")
     if config.start_epochs:
@@ -277,11 +412,11 @@ def validate(config: TrainConfig) -> None:
 def check_numbers(config: TrainConfig) -> None:
     """Every float finite and every count below 2**31, wherever the value came from (a flag,
     a recipe file, a checkpoint's config)."""
-    for field in dataclasses.fields(config):
-        value = getattr(config, field.name)
+    for setting in dataclasses.fields(config):
+        value = getattr(config, setting.name)
         if isinstance(value, bool) or not isinstance(value, int | float):
             continue
         if isinstance(value, float) and not math.isfinite(value):
-            raise FmnistError(f"{_FLAG[field.name]} must be a finite number, got {value}")
+            raise FmnistError(f"{_FLAG[setting.name]} must be a finite number, got {value}")
         if isinstance(value, int) and abs(value) > INT_MAX:
-            raise FmnistError(f"{_FLAG[field.name]} must be at most {INT_MAX}, got {value}")
+            raise FmnistError(f"{_FLAG[setting.name]} must be at most {INT_MAX}, got {value}")

@@ -15,11 +15,13 @@ def start_line(config, device, precision, data, run) -> str:
     )
 
 
-def budget_line(plan, image_size: int) -> str:
-    """What ``--time-budget`` measured and planned (``budget.BudgetPlan``)."""
+def budget_line(plan, image_size: int, need: int = 1) -> str:
+    """What ``--time-budget`` measured and planned (``budget.BudgetPlan``), and with
+    ``--budget-sizes`` which resolution it chose and why."""
     each = plan.epoch_s[-1]
     return (
-        f"time budget {plan.budget_s:.0f} s: {plan.epochs} epoch{'s' * (plan.epochs != 1)} "
+        f"time budget {plan.budget_s:.0f} s: {_size_choice(plan, image_size, need)}"
+        f"{plan.epochs} epoch{'s' * (plan.epochs != 1)} "
         f"fit, about {each:.0f} s each "
         f"with validation ({plan.train_images_per_sec:.0f} train and "
         f"{plan.eval_images_per_sec:.0f} eval img/s measured at {image_size} px), "
@@ -27,9 +29,17 @@ def budget_line(plan, image_size: int) -> str:
     )
 
 
-# At most this many planned epochs, `hour`'s heavily regularised recipe (meant for the 14-16
-# an hour holds at 160 px on a CPU with native bf16) is worse than quick's (meant for these
-# 5): 0.9018 against 0.9099 at 3 epochs each, both at 128 px, RESULTS.md.
+def _size_choice(plan, image_size: int, need: int) -> str:
+    if not plan.sizes:
+        return ""
+    fits = ", ".join(f"{n} at {size} px" for size, n in plan.sizes.items())
+    enough = f"{need} epoch{'s' * (need != 1)}"
+    why = f"the largest that fits {enough}" if plan.epochs >= need else f"none fits {enough}"
+    return f"{image_size} px chosen ({why}; epochs that fit: {fits}); "
+
+
+# At most this many planned epochs, `hour`'s heavily regularised recipe, meant for three
+# times as many, is behind quick's lighter one (docs/results.md#hour).
 FEW_HOUR_EPOCHS = 5
 
 
@@ -39,9 +49,8 @@ def few_epochs_line(config, plan) -> str | None:
         return None
     return (
         f"note: only {plan.epochs} epoch{'s' * (plan.epochs != 1)} of the hour preset's recipe "
-        "fit on this machine, and it is meant for about 14-16; where few fit, quick's lighter "
-        "recipe did better (0.9099 against 0.9018, 3 epochs each in 60 minutes, RESULTS.md): "
-        f"try --preset quick --time-budget {plan.budget_s:g}s"
+        "fit on this machine, and it is meant for about 15; where few fit, quick's lighter "
+        f"recipe does better: try --preset quick --time-budget {plan.budget_s:g}s"
     )
 
 

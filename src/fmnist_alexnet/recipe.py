@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shlex
 import sys
 from pathlib import Path
 
@@ -121,5 +122,5 @@ def reproduce_command(config: dict) -> str:
         else:
             if isinstance(value, float) and value.is_integer():
                 value = int(value)  # --time-budget 0, not 0.0
-            flags.append(f"{flag} {value}")
+            flags.append(f"{flag} {shlex.quote(str(value))}")  # an empty value as ''
     return " ".join(flags)

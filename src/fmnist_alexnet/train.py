@@ -156,7 +156,7 @@ def train(
         run.write_config(config, runtime)
         if dist.is_main:
             if budget is not None:
-                log(budget_line(budget, config.image_size))
+                log(budget_line(budget, config.image_size, config.budget_epochs))
                 if note := few_epochs_line(config, budget):
                     log(note)
             log(start_line(config, device, precision, data, run))

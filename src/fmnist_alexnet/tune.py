@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.tune_space import DEFAULT_SPACE
+from fmnist_alexnet.tune_space import DEFAULT_SPACE, UNBUDGETED
 
 
 @dataclass
@@ -34,11 +34,6 @@ class TuneSettings:
     prune_startup: int = 3  # completed trials before the pruner prunes
     prune_warmup: int = 1  # epochs a trial trains before it can be pruned
     sampler_seed: int | None = None
-
-
-# Trials are compared at equal epochs: under a time budget (the hour preset's) each would
-# train the epochs its own measured speed allowed. tune has --timeout for the whole study.
-UNBUDGETED = {"time_budget": 0.0}
 
 
 def tune(

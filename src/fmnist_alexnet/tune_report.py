@@ -11,6 +11,7 @@ from pathlib import Path
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.recipe import recipe_of, reproduce_command, write_recipe
+from fmnist_alexnet.tune_space import UNBUDGETED
 
 
 def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float, log) -> dict:
@@ -25,7 +26,8 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
     out = settings.out
     if done:
         best = study.best_trial
-        config = resolve(preset, {**fixed, **best.params, "out": best.user_attrs["out"]})
+        as_run = {**fixed, **best.params, **UNBUDGETED, "out": best.user_attrs["out"]}
+        config = resolve(preset, as_run)  # the trial's own config, as it ran
         test = _test_once(Path(best.user_attrs["out"]), config)
         recipe = {k: v for k, v in recipe_of(config).items() if k not in ("progress",)}
         header = (

@@ -24,6 +24,9 @@ KINDS = {
     "int": (("low", "high"), ("log",)),
     "categorical": (("choices",), ()),
 }
+# Trials are compared at equal epochs: under a time budget (quick's, hour's) each would train
+# the epochs its own measured speed allowed. tune has --timeout for the whole study.
+UNBUDGETED = {"time_budget": 0.0}
 _NOT_SEARCHED = ("out", "preset")
 
 
