@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLI    := $(BIN)/fmnist-alexnet
 
-.PHONY: setup data browser demo test lint clean
+.PHONY: setup data browser demo test lint bench clean
 
 setup: $(STAMP) data
 
@@ -40,8 +40,13 @@ browser:
 		echo "no /usr/bin/chromium and not root: the browser test will be skipped"; \
 	fi
 
+# quick fits itself to 15 minutes of training on this machine, then prints the test accuracy.
 demo: setup
 	$(CLI) train --preset quick
+
+# The CPU benchmark of docs/benchmarks.md: training img/s side by side, and where a step goes.
+bench: setup
+	bash benchmarks/cpu_bench.sh
 
 # Two workers: run one at a time, the tests kept two cores only about 70 % busy (imports,
 # process starts and checkpoint writes run in one thread). A module's tests share a worker.

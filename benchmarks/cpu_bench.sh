@@ -1,27 +1,41 @@
 #!/usr/bin/env bash
-# The CPU figures in BENCHMARKS.md: our pipeline, a bare step loop and the seed-style
-# DataLoader+PIL baseline, side by side in each run, at 224 px and 64 px, bf16 and fp32.
-# Usage: bash benchmarks/cpu_bench.sh [OUT_DIR]   (about 8 minutes on 2 cores)
+# The CPU figures of docs/benchmarks.md (`make bench`): our pipeline, a bare step loop and the
+# seed-style DataLoader+PIL baseline side by side in each run, at quick's three resolutions
+# and the seed's 224 px, in the precision training would use here (PRECISION=fp32 to force
+# float32), then where a 65 px step's time goes.
+# Usage: bash benchmarks/cpu_bench.sh [OUT_DIR]   (about 6 minutes on 2 cores in float32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out}
+PRECISION=${PRECISION:-auto}
 mkdir -p "$OUT"
 CLI=${CLI:-.venv/bin/fmnist-alexnet}
-for precision in bf16 fp32; do
-  "$CLI" bench --device cpu --image-size 224 --batch-size 64 --precision "$precision" \
-    --steps 4 --windows 5 --warmup 2 --json > "$OUT/cpu_224_$precision.json"
-  "$CLI" bench --device cpu --image-size 64 --batch-size 128 --precision "$precision" \
-    --steps 5 --windows 5 --warmup 2 --json > "$OUT/cpu_64_$precision.json"
+for size in 65 96 128 224; do
+  "$CLI" bench --device cpu --image-size "$size" --batch-size 128 --precision "$PRECISION" \
+    --steps 3 --windows 5 --warmup 2 --json > "$OUT/cpu_${size}.json"
 done
-"$CLI" bench --device cpu --image-size 224 --batch-size 64 --precision bf16 --steps 3 \
-  --windows 1 --warmup 1 --no-baseline --profile --json > "$OUT/cpu_224_bf16_profile.json"
+"$CLI" bench --device cpu --image-size 65 --batch-size 128 --precision "$PRECISION" \
+  --steps 3 --windows 1 --warmup 2 --no-baseline --profile --json > "$OUT/profile_65.json"
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
-for path in sorted(pathlib.Path(sys.argv[1]).glob("cpu_*.json")):
+out = pathlib.Path(sys.argv[1])
+runs = sorted(out.glob("cpu_*.json"), key=lambda p: int(p.stem.split("_")[1]))
+first = json.loads(runs[0].read_text())
+print(f"{first['device_name']}, torch {first['torch']}, {first['precision']}, batch 128,"
+      f" median of {first['windows']} windows of {first['steps_per_window']} steps, alternated")
+print("| input | ours (img/s) | bare step loop | seed-style DataLoader + PIL | ours / seed-style | eval (img/s) | peak memory |")
+print("| --- | --- | --- | --- | --- | --- | --- |")
+for path in runs:
     r = json.loads(path.read_text())
-    base = r["baseline_train_images_per_sec"]
-    print(f"{path.stem:24} ours {r['train_images_per_sec']:7.1f}  bare {r['bare_train_images_per_sec']:7.1f}"
-          f"  cost {100 * r['pipeline_cost']:5.1f}%  seed-style {base or 0:7.1f}"
-          f"  x{r['speedup_vs_baseline'] or 0:4.2f}  eval {r['eval_images_per_sec']:7.1f}"
-          f"  peak {r['peak_memory_mb']:6.0f} MB  {r.get('profile_ms_per_step', '')}")
+    print(f"| {r['image_size']} px | {r['train_images_per_sec']:.1f} | {r['bare_train_images_per_sec']:.1f}"
+          f" | {r['baseline_train_images_per_sec']:.1f} | {r['speedup_vs_baseline']:.2f}x"
+          f" | {r['eval_images_per_sec']:.0f} | {r['peak_memory_mb']:.0f} MB |")
+p = json.loads((out / "profile_65.json").read_text())
+print(f"\n65 px step by phase (ms): " + ", ".join(f"{k} {v:.1f}" for k, v in p["profile_ms_per_step"].items()))
+print(f"a {p['gemm_size']} GEMM: {p['gemm_gflops']:.0f} GFLOP/s")
+print("| part | ms/step | share | GFLOP/s |")
+print("| --- | --- | --- | --- |")
+for row in p["profile_parts"]:
+    rate = f"{row['gflops']:.0f}" if row["gflops"] else ""
+    print(f"| {row['part']} | {row['ms_per_step']:.1f} | {100 * row['share']:.1f} % | {rate} |")
 PY

@@ -2,7 +2,6 @@ import json
 
 import pytest
 import torch
-from conftest import import_benchmark
 
 from fmnist_alexnet.cli import main
 
@@ -79,23 +78,27 @@ def test_bench_rejects_bad_values(capsys):
     assert main(["bench", "--image-size", "40"]) == 2
 
 
-def test_step_profile_counts_every_part_of_the_real_step(tmp_path):
-    """benchmarks/step_profile.py: the linear layers' FLOPs are exactly the three layers'
-    forward and backward GEMMs, and each part's kernels are found by the profiler (a
-    renamed kernel would read 0 ms)."""
-    step_profile = import_benchmark("step_profile")
-    argv = ["--image-size", "63", "--batch-size", "8", "--precision", "fp32", "--steps", "1"]
-    result = step_profile.main([*argv, "--gemm-size", "256", "--json", str(tmp_path / "p.json")])
-    assert json.loads((tmp_path / "p.json").read_text()) == result
-    parts = {row["part"]: row for row in result["parts"]}
+def test_profile_counts_every_part_of_the_real_step(capsys):
+    """bench --profile: the linear layers' FLOPs are exactly the three layers' forward and
+    backward GEMMs, and each part's kernels are found by the profiler (a renamed kernel
+    would read 0 ms)."""
+    argv = ["bench", "--device", "cpu", "--image-size", "63", "--batch-size", "8"]
+    argv += ["--steps", "1", "--windows", "1", "--warmup", "1", "--precision", "fp32"]
+    assert main([*argv, "--no-baseline", "--profile", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    parts = {row["part"]: row for row in result["profile_parts"]}
     multiply_adds = 9216 * 4096 + 4096 * 4096 + 4096 * 10  # per image, forward
     linear = parts["linear layers, forward and backward"]
     assert linear["gflop"] * 1e9 == 2 * 3 * 8 * multiply_adds  # forward, input and weight grads
-    for name in ("convolutions, forward", "convolutions, backward", "optimizer (fused AdamW)"):
+    for name in ("convolutions, forward", "convolutions, backward", "optimizer (fused)"):
         assert parts[name]["ms_per_step"] > 0, name
     assert parts["convolutions, backward"]["gflop"] > parts["convolutions, forward"]["gflop"] > 0
     assert abs(sum(row["share"] for row in parts.values()) - 1) < 1e-9
-    assert result["train_images_per_sec"] > 0 and result["gemm_gflop_per_sec"] > 0
+    assert result["gemm_gflops"] > 0 and result["gemm_size"] == 4096
+    assert main([*argv, "--no-baseline", "--profile"]) == 0
+    text = capsys.readouterr().out
+    assert "by kind of work (profiled; a 4096 GEMM runs at " in text
+    assert "    linear layers, forward and backward " in text
 
 
 def test_bench_text_says_what_it_timed(capsys):
@@ -107,20 +110,3 @@ def test_bench_text_says_what_it_timed(capsys):
         "fp32, 63 px, batch 8, torch " + torch.__version__ + ", one window of 1 step"
     )
     assert rest[0].startswith("  train, our pipeline") and rest[0].endswith(" img/s")
-
-
-def test_late_state_times_a_finished_runs_state_against_fresh_weights(small_run):
-    """benchmarks/late_state.py: the late step really starts where the run ended (the
-    one-cycle's last rate, 0) and the fresh one where a run starts (lr/25); both are timed
-    in alternated windows and the ratio is that of the medians."""
-    late_state = import_benchmark("late_state")
-    result = late_state.main(
-        [str(small_run / "checkpoints" / "last.pt"), "--steps", "2", "--windows", "3"]
-    )
-    assert result["checkpoint_epoch"] == 2  # small_run's epochs
-    assert result["lr_at_start"] == {"fresh": pytest.approx(5e-4 / 25), "late": 0.0}
-    windows = result["train_images_per_sec_by_window"]
-    assert [len(windows["fresh"]), len(windows["late"])] == [3, 3]
-    medians = result["train_images_per_sec"]
-    assert min(medians.values()) > 0
-    assert result["late_over_fresh"] == round(medians["late"] / medians["fresh"], 3)

@@ -8,6 +8,8 @@
   every ``log_every`` steps as training does;
 - ``bare``: the same step on random inputs already on the device, the upper bound the
   pipeline is measured against;
+- ``profile``: each phase's milliseconds (data, forward, backward, optimizer) and, on the
+  CPU, each kind of work's share and GFLOP/s (:mod:`fmnist_alexnet.step_parts`);
 - ``baseline``: the ``seed`` preset's step in fp32 without channels_last, fed the way the seed
   notebook feeds it: a Dataset returning per-sample PIL-resized tensors through a DataLoader
   with worker processes.
@@ -45,6 +47,7 @@ from fmnist_alexnet.runtime import (
 )
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.step import TrainStep, build_train_step
+from fmnist_alexnet.step_parts import GEMM_SIZE, gemm_gflops, step_parts
 from fmnist_alexnet.tracking import TensorBoardTracker, Tracker, tensorboard_installed
 from fmnist_alexnet.train import epoch_batches, load_data
 
@@ -146,6 +149,10 @@ def bench(
     }
     if profile:
         result["profile_ms_per_step"] = _profile(ours, batches, steps, device)
+        if device.type == "cpu":  # the profiler's kernel names are the CPU's
+            result["profile_parts"] = step_parts(ours, bare_inputs, bare_labels, steps)
+            result["gemm_size"] = GEMM_SIZE
+            result["gemm_gflops"] = gemm_gflops(precision, GEMM_SIZE)
     return result
 
 
