@@ -1,7 +1,7 @@
 """Flush denormal floats to zero on every CPU thread that computes, not just the caller's.
 
 Late in a run about half of AdamW's moment estimates in the big linear layers are denormal,
-and x86 cores are slow on them (BENCHMARKS.md). ``torch.set_flush_denormal`` sets the flag
+and x86 cores are slow on them. ``torch.set_flush_denormal`` sets the flag
 in the calling thread's MXCSR register only. OpenMP threads started afterwards inherit it,
 but a pool that some earlier parallel operation already started (a notebook that touched
 torch before training) would keep computing with denormals on its worker threads. So once

@@ -3,10 +3,9 @@
 PyTorch's CPU allocator is plain ``malloc``. glibc serves every block above 32 MB with a
 fresh ``mmap`` and unmaps it on free, so each training step re-faults and re-zeroes the
 big tensors it allocates: the 151 MB gradient of the first linear layer, the bf16 copies
-autocast makes of the weights, the activations (a large share of a step on a small CPU:
-BENCHMARKS.md). Turning off ``mmap``
-for large blocks and never trimming the heap lets those pages be reused from step to step,
-at the cost of the process keeping its peak memory until it exits.
+autocast makes of the weights, the activations (a large share of a step on a small CPU).
+Turning off ``mmap`` for large blocks and never trimming the heap lets those pages be
+reused from step to step, at the cost of the process keeping its peak memory until it exits.
 
 Set ``FMNIST_ALEXNET_MALLOC=default`` to leave malloc alone.
 """

@@ -22,7 +22,7 @@ def build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimi
         {"params": decay, "weight_decay": config.weight_decay},
         {"params": no_decay, "weight_decay": 0.0},
     ]
-    # Fused kernels make one pass over the 57M weights: several times faster (BENCHMARKS.md).
+    # Fused kernels update the 57M weights in one pass instead of one kernel per operation.
     if config.optimizer == "adamw":
         return torch.optim.AdamW(groups, lr=config.lr, fused=True)
     return torch.optim.SGD(

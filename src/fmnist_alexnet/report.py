@@ -134,7 +134,7 @@ def model_card(
 
 
 # What the card says of the training run's files (config.json's runtime.data_published;
-# runs from before 2026-12-02 did not record it, and get no words).
+# a run whose config.json lacks it gets no words).
 _PUBLISHED_WORDS = {
     True: " (the published files: SHA-256 verified)",
     False: " (**not the published Fashion-MNIST**: the files' SHA-256 differ)",

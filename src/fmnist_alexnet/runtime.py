@@ -86,7 +86,7 @@ def configure_backends(device: torch.device, requested_precision: str = "auto") 
     float32, as the flag promises; otherwise TF32 speeds up what autocast leaves in float32."""
     tf32 = requested_precision != "fp32"
     if device.type == "cpu":
-        flush_denormals()  # AdamW's moments turn denormal late in a run (BENCHMARKS.md)
+        flush_denormals()  # AdamW's moments turn denormal late in a run
         keep_freed_memory()  # big tensors reuse their pages instead of re-faulting each step
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
