@@ -179,7 +179,12 @@ def test_the_choice_is_said_on_the_budget_line():
         "time budget 600 s: 96 px chosen (the largest that fits 8 epochs; epochs that fit: "
         "14 at 96 px, 7 at 128 px); 14 epochs fit"
     )
-    assert "none fits 20 epochs" in budget_line(plan, 96, need=20)
+    assert "(no size fits 20 epochs; epochs that fit" in budget_line(plan, 96, need=20)
+    alone = dataclasses.replace(plans[96], sizes={96: 14})  # the rest never timed
+    assert budget_line(alone, 96, need=20).startswith(
+        "time budget 600 s: 96 px chosen (the smallest; it fits fewer than 20 epochs, so no "
+        "larger size was timed; epochs that fit: 14 at 96 px); 14 epochs fit"
+    )
 
 
 def test_quick_chooses_its_size_unless_one_is_given():

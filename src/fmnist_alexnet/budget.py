@@ -259,7 +259,7 @@ def plan_budget(
             break
     size = choose_size(plans, config.budget_epochs)
     plan = plans[size]
-    if len(sizes) > 1:
+    if len(sizes) > 1:  # the sizes timed, whether or not all of --budget-sizes were
         plan = dataclasses.replace(
             plan, sizes={s: (p.epochs if p else 0) for s, p in plans.items()}
         )

@@ -34,7 +34,12 @@ def _size_choice(plan, image_size: int, need: int) -> str:
         return ""
     fits = ", ".join(f"{n} at {size} px" for size, n in plan.sizes.items())
     enough = f"{need} epoch{'s' * (need != 1)}"
-    why = f"the largest that fits {enough}" if plan.epochs >= need else f"none fits {enough}"
+    if plan.epochs >= need:
+        why = f"the largest that fits {enough}"
+    elif len(plan.sizes) == 1:
+        why = f"the smallest; it fits fewer than {enough}, so no larger size was timed"
+    else:
+        why = f"no size fits {enough}"
     return f"{image_size} px chosen ({why}; epochs that fit: {fits}); "
 
 
