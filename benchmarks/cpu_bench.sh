@@ -3,7 +3,7 @@
 # seed-style DataLoader+PIL baseline side by side in each run, at quick's three resolutions
 # and the seed's 224 px, in the precision training would use here (PRECISION=fp32 to force
 # float32), then where a 65 px step's time goes.
-# Usage: bash benchmarks/cpu_bench.sh [OUT_DIR]   (about 6 minutes on 2 cores in float32)
+# Usage: bash benchmarks/cpu_bench.sh [OUT_DIR]   (about 11 minutes on 2 cores in float32)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-bench-out}
