@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-import matplotlib.pyplot as plt
 import numpy as np
 import onnxruntime
 import pytest
@@ -21,7 +20,7 @@ from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.evaluate import evaluate_checkpoint
 from fmnist_alexnet.export import FORMATS, OnnxModel, export
-from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure, samples_figure
+from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure, pyplot, samples_figure
 from fmnist_alexnet.recipe import reproduce_command
 from fmnist_alexnet.report import _time_line, model_card
 
@@ -47,7 +46,7 @@ def test_curves_label_every_epoch_until_the_labels_would_collide(epochs):
             assert ticks == list(range(1, epochs + 1))
         else:
             assert 3 <= len(ticks) <= MAX_EPOCH_TICKS
-    plt.close(figure)
+    pyplot().close(figure)
 
 
 def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
@@ -76,7 +75,7 @@ def test_the_samples_grid_fits_a_test_set_smaller_than_itself(n, shown, cells):
     images, labels = np.zeros((n, 28, 28), np.uint8), np.zeros(n, np.int64)
     figure = samples_figure(images, labels, labels, ["T-shirt/top"])
     assert (sum(ax.axison for ax in figure.axes), len(figure.axes)) == (shown, cells)
-    plt.close(figure)
+    pyplot().close(figure)
 
 
 def test_reproduce_command_names_only_what_differs_from_the_preset():

@@ -43,15 +43,15 @@ def best(small_run):
 
 
 @pytest.fixture(scope="module")
-def test_set(real_data):
+def real_split(real_data):
     images, labels = load_splits(real_data)["test"]
     return images[:64], labels[:64]
 
 
 @pytest.fixture(scope="module")
-def client(best, test_set):
+def client(best, real_split):
     model, info = load_served(best, device="cpu", precision="fp32")
-    with TestClient(create_app(model, info, SETTINGS, test_set)) as client:
+    with TestClient(create_app(model, info, SETTINGS, real_split)) as client:
         yield client
 
 
@@ -66,10 +66,10 @@ def upload(*named):
 
 
 @pytest.fixture(scope="module")
-def offline(best, test_set, tmp_path_factory):
+def offline(best, real_split, tmp_path_factory):
     """`predict` on the same images written as files: what the server must answer."""
     folder = tmp_path_factory.mktemp("pngs")
-    for i, image in enumerate(test_set[0]):
+    for i, image in enumerate(real_split[0]):
         (folder / f"{i:02d}.png").write_bytes(png(image))
     rows = predict_images(load_model(best, "cpu", precision="fp32"), [folder], top_k=3)
     return [row["top"] for row in rows]
@@ -77,9 +77,9 @@ def offline(best, test_set, tmp_path_factory):
 
 # Server and `predict` both run in fp32 here: with bf16 autocast, batches of other sizes may
 # round differently and flip a near-tie of this barely trained model.
-def test_answers_in_request_order_as_predict_does_with_errors_in_place(client, test_set, offline):
-    files = upload(("a.png", png(test_set[0][0])), ("broken.png", b"not an image"))
-    files += upload(("b.png", png(test_set[0][1])))
+def test_answers_in_request_order_as_predict_does_with_errors_in_place(client, real_split, offline):
+    files = upload(("a.png", png(real_split[0][0])), ("broken.png", b"not an image"))
+    files += upload(("b.png", png(real_split[0][1])))
     response = client.post("/v1/predict?top_k=3", files=files)
     assert response.status_code == 200
     results = response.json()["results"]
@@ -90,14 +90,15 @@ def test_answers_in_request_order_as_predict_does_with_errors_in_place(client, t
         assert [t["prob"] for t in result["top"]] == pytest.approx([t["prob"] for t in expected])
 
 
-def test_preview_is_the_28x28_input(client, test_set):
-    response = client.post("/v1/predict?preview=true", files=upload(("a.png", png(test_set[0][5]))))
+def test_preview_is_the_28x28_input(client, real_split):
+    files = upload(("a.png", png(real_split[0][5])))
+    response = client.post("/v1/predict?preview=true", files=files)
     data_url = response.json()["results"][0]["image"]
     assert data_url.startswith("data:image/png;base64,")
     import base64
 
     image = np.asarray(Image.open(io.BytesIO(base64.b64decode(data_url.split(",", 1)[1]))))
-    assert np.array_equal(image, test_set[0][5])
+    assert np.array_equal(image, real_split[0][5])
 
 
 @pytest.mark.parametrize(
@@ -118,8 +119,8 @@ def test_unsupported_content_is_a_json_error(client, request_kwargs, status, mes
     assert message in response.json()["error"]
 
 
-def test_limits(client, test_set):
-    one = png(test_set[0][0])
+def test_limits(client, real_split):
+    one = png(real_split[0][0])
     too_many = client.post("/v1/predict", files=upload(*[(f"{i}.png", one) for i in range(9)]))
     assert too_many.status_code == 413 and "more than 8 files" in too_many.json()["error"]
     big = upload(("big.png", os.urandom(2**20 + 10)))
@@ -136,9 +137,9 @@ def test_limits(client, test_set):
     assert bad_k.status_code == 422 and "top_k" in bad_k.json()["error"]
 
 
-def test_random_bodies_never_get_a_500(client, test_set):
+def test_random_bodies_never_get_a_500(client, real_split):
     rng = np.random.default_rng(0)
-    real = png(test_set[0][0])
+    real = png(real_split[0][0])
     for trial in range(40):
         noise = rng.bytes(int(rng.integers(0, 5000)))
         if trial % 2:  # a well-formed upload of damaged file contents
@@ -200,7 +201,7 @@ def test_pixel_cap_refuses_an_image_before_decoding(client):
     assert "too large" in response.json()["results"][0]["error"]
 
 
-def test_model_health_ready_metrics_and_docs(client, best, test_set):
+def test_model_health_ready_metrics_and_docs(client, best, real_split):
     info = client.get("/v1/model").json()
     assert info["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
     assert info["arch"] == "alexnet" and info["parameters"] == 57_029_322
@@ -209,7 +210,7 @@ def test_model_health_ready_metrics_and_docs(client, best, test_set):
     assert info["test_accuracy"] == measured["accuracy"]
     assert client.get("/health").json() == {"status": "ok"}
     assert client.get("/ready").json() == {"ready": True}
-    client.post("/v1/predict", files=upload(("a.png", png(test_set[0][0]))))  # alone, too
+    client.post("/v1/predict", files=upload(("a.png", png(real_split[0][0]))))  # alone, too
     text = client.get("/metrics").text
     assert "fmnist_batch_images_bucket" in text and 'path="/v1/predict"' in text
     schema = client.get("/openapi.json").json()
@@ -221,7 +222,7 @@ def test_model_health_ready_metrics_and_docs(client, best, test_set):
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", html), page  # nothing fetched
 
 
-def test_an_onnx_export_serves_the_same_answers(best, test_set, offline, tmp_path):
+def test_an_onnx_export_serves_the_same_answers(best, real_split, offline, tmp_path):
     from fmnist_alexnet.export import export
 
     path = tmp_path / "model.onnx"
@@ -229,17 +230,17 @@ def test_an_onnx_export_serves_the_same_answers(best, test_set, offline, tmp_pat
     model, info = load_served(path)
     assert info["engine"] == "onnx" and info["parameters"] == 57_029_322
     with TestClient(create_app(model, info, SETTINGS)) as onnx_client:
-        files = upload(*[(f"{i}.png", png(test_set[0][i])) for i in range(8)])
+        files = upload(*[(f"{i}.png", png(real_split[0][i])) for i in range(8)])
         results = onnx_client.post("/v1/predict", files=files).json()["results"]
         assert onnx_client.get("/v1/samples").status_code == 404  # no dataset given
     assert [r["top"][0]["label"] for r in results] == [offline[i][0]["label"] for i in range(8)]
 
 
 @pytest.fixture(scope="module")
-def live_server(best, test_set):
+def live_server(best, real_split):
     """A real uvicorn server on a free loopback port, in a thread."""
     model, info = load_served(best, device="cpu", precision="fp32")
-    app = create_app(model, info, SETTINGS, test_set)
+    app = create_app(model, info, SETTINGS, real_split)
     server = build_server(app, "127.0.0.1", free_port())
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
@@ -269,10 +270,10 @@ def wait_ready(base, timeout=120):
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
-    live_server, test_set, offline
+    live_server, real_split, offline
 ):
     def one(i):
-        files = upload((f"{i}.png", png(test_set[0][i])))
+        files = upload((f"{i}.png", png(real_split[0][i])))
         return httpx.post(live_server + "/v1/predict", files=files, timeout=60).json()
 
     with ThreadPoolExecutor(32) as pool:
@@ -320,11 +321,11 @@ CHROMIUM = "/usr/bin/chromium"
     not os.path.exists(CHROMIUM), reason="no Debian chromium (make setup installs it as root)"
 )
 def test_the_page_in_a_real_browser_shows_what_predict_says(
-    live_server, test_set, offline, tmp_path
+    live_server, real_split, offline, tmp_path
 ):
     sync_api = pytest.importorskip("playwright.sync_api")
     image = tmp_path / "test-image-7.png"
-    image.write_bytes(png(test_set[0][7]))
+    image.write_bytes(png(real_split[0][7]))
     broken = tmp_path / "notes.png"
     broken.write_text("not an image")
     with sync_api.sync_playwright() as playwright:

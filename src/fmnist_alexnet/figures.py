@@ -14,8 +14,19 @@ MAX_EPOCH_TICKS = 15  # every epoch is labelled up to this many; beyond, the lab
 MISTAKE_PAIRS, MISTAKES_PER_PAIR = 4, 6
 
 
-def save_figure(path: Path, figure) -> Path:
+def pyplot():
+    """matplotlib's pyplot on the Agg backend (files, no display): the one place the backend
+    is chosen. ImportError without matplotlib (the ``report`` extra)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_figure(path: Path, figure) -> Path:
+    plt = pyplot()
 
     atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
     plt.close(figure)
@@ -23,7 +34,7 @@ def save_figure(path: Path, figure) -> Path:
 
 
 def curves_figure(history: list[dict]):
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
@@ -52,7 +63,7 @@ def curves_figure(history: list[dict]):
 
 
 def confusion_figure(confusion: np.ndarray, names):
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
     figure, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
@@ -79,7 +90,7 @@ def confusion_figure(confusion: np.ndarray, names):
 
 
 def samples_figure(images, labels, predictions, names):
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows, cols = SAMPLE_GRID
     shown = min(rows * cols, len(images))  # a run's --limit-eval can leave fewer
@@ -109,7 +120,7 @@ def samples_figure(images, labels, predictions, names):
 
 
 def mistakes_figure(images, labels, probs, confusion, names):
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     off = confusion.copy()
     np.fill_diagonal(off, 0)

@@ -17,6 +17,7 @@ from fmnist_alexnet.figures import (
     confusion_figure,
     curves_figure,
     mistakes_figure,
+    pyplot,
     samples_figure,
     save_figure,
 )
@@ -26,9 +27,7 @@ from fmnist_alexnet.rundir import RunDir
 
 
 def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
+    pyplot()  # matplotlib or a clear ImportError before any work
     run = RunDir(Path(run_dir))
     best = run.checkpoints / "best.pt"
     if not (run.path / "config.json").is_file() or not best.is_file():

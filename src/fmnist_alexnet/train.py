@@ -515,10 +515,9 @@ def _final_figures(s: Session, test: dict) -> dict:
     """The test confusion matrix and a grid of test images with their predictions; none
     without matplotlib (the ``report`` extra)."""
     try:
-        import matplotlib
+        from fmnist_alexnet.figures import SAMPLE_GRID, confusion_figure, pyplot, samples_figure
 
-        matplotlib.use("Agg")
-        from fmnist_alexnet.figures import SAMPLE_GRID, confusion_figure, samples_figure
+        pyplot()
     except ImportError:
         return {}
     names = s.spec.class_names

@@ -71,11 +71,11 @@ def _plots(study, out: Path, completed: int, log: Callable[[str], None]) -> list
     """Optuna's matplotlib optimization history and (with two or more completed trials)
     parameter importances; none without matplotlib."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
         import optuna.visualization.matplotlib as vis
+
+        from fmnist_alexnet.figures import pyplot
+
+        plt = pyplot()
     except ImportError:
         log("no tune plots: matplotlib is not installed (pip install 'fmnist-alexnet[report]')")
         return []
