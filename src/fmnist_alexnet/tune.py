@@ -17,9 +17,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fmnist_alexnet.config import TrainConfig, resolve
+from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.tune_space import DEFAULT_SPACE, UNBUDGETED
+from fmnist_alexnet.tune_space import DEFAULT_SPACE, trial_config
 
 
 @dataclass
@@ -50,7 +50,7 @@ def tune(
         raise FmnistError(f"--trials must be > 0, got {settings.trials}")
     if not space:
         raise FmnistError("nothing to search: every setting of the space is fixed by a flag")
-    base = resolve(preset, {**fixed, **UNBUDGETED, "out": str(settings.out / "trials" / "check")})
+    base = trial_config(preset, fixed, {}, settings.out / "trials" / "check")
     if not base.val_size:
         raise FmnistError("tune selects on validation accuracy: it needs --val-size > 0")
     if fixed.keys() & settings.space.keys():
@@ -88,9 +88,8 @@ class _Objective:
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
         run_dir = self.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("out", str(run_dir))
-        settings = {"progress": False, **self.fixed, **params, **UNBUDGETED, "out": str(run_dir)}
         try:
-            config = resolve(self.preset, settings)
+            config = trial_config(self.preset, self.fixed, params, run_dir)
         except FmnistError as exc:  # e.g. a sampled size this architecture cannot take
             trial.set_user_attr("error", str(exc))
             return math.nan

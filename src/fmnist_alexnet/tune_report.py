@@ -9,9 +9,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
-from fmnist_alexnet.config import resolve
 from fmnist_alexnet.recipe import recipe_of, reproduce_command, write_recipe
-from fmnist_alexnet.tune_space import UNBUDGETED
+from fmnist_alexnet.tune_space import trial_config
 
 
 def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float, log) -> dict:
@@ -26,8 +25,7 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
     out = settings.out
     if done:
         best = study.best_trial
-        as_run = {**fixed, **best.params, **UNBUDGETED, "out": best.user_attrs["out"]}
-        config = resolve(preset, as_run)  # the trial's own config, as it ran
+        config = trial_config(preset, fixed, best.params, best.user_attrs["out"])
         test = _test_once(Path(best.user_attrs["out"]), config)
         recipe = {k: v for k, v in recipe_of(config).items() if k not in ("progress",)}
         header = (

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError, not_utf8
 from fmnist_alexnet.recipe import FIELD_KINDS, fits, tomllib
 
@@ -24,10 +25,16 @@ KINDS = {
     "int": (("low", "high"), ("log",)),
     "categorical": (("choices",), ()),
 }
-# Trials are compared at equal epochs: under a time budget (quick's, hour's) each would train
-# the epochs its own measured speed allowed. tune has --timeout for the whole study.
-UNBUDGETED = {"time_budget": 0.0}
 _NOT_SEARCHED = ("out", "preset")
+
+
+def trial_config(preset: str, fixed: dict, params: dict, out) -> TrainConfig:
+    """The config a trial runs with: the preset, the fixed flags and the sampled ``params``,
+    silent, and never under a time budget: trials are compared at equal epochs, where under
+    one (quick's, hour's) each would train what its own measured speed allowed (tune has
+    --timeout for the whole study). :class:`FmnistError` for a setting that cannot run."""
+    settings = {"progress": False, **fixed, **params}  # --progress may be given
+    return resolve(preset, {**settings, "time_budget": 0.0, "out": str(out)})
 
 
 def read_space(path: str | Path) -> dict:
