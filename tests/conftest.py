@@ -116,8 +116,8 @@ def tiny_config(out, **overrides):
 
 def train_quietly(out: Path, **overrides) -> Path:
     """A small real run of the quick preset on the CPU, silent; returns its folder."""
-    settings = {"device": "cpu", "progress": False, "tensorboard": False, "out": str(out)}
-    settings["time_budget"] = 0.0
+    settings = {"device": "cpu", "progress": False, "tensorboard": False, "time_budget": 0.0}
+    settings["out"] = str(out)
     config = resolve("quick", {**settings, **overrides})
     train(config, log=quiet)
     return out
