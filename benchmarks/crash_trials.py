@@ -13,7 +13,7 @@ the run is complete (exit 0), as a requeued job would.
 
 Bounded: each process is killed or ends on its own, and the trial count is fixed.
 
-Usage: python benchmarks/crash_trials.py [--kills 30] [--kills-per-trial 3]
+Usage: python -m benchmarks.crash_trials [--kills 30] [--kills-per-trial 3]
            [--write-share 0.4] [--seed 0] [--work DIR] [--out crash_trials.json]
 """
 

@@ -14,7 +14,7 @@ Each must end with exit status 2 and one line on stderr naming the file and the 
 last.pt that was there before must be unchanged and load with `weights_only=True`; no temp
 file may be left. Needs root (to mount tmpfs); case 1 runs without it.
 
-Usage: sudo python benchmarks/full_disk.py [--out full_disk.json]
+Usage: sudo python -m benchmarks.full_disk [--out full_disk.json]
 """
 
 from __future__ import annotations

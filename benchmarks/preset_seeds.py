@@ -1,6 +1,6 @@
 """A preset's test accuracy over several seeds, each the whole `train` command, timed.
 
-    python benchmarks/preset_seeds.py quick --seeds 0 1 2 --out seeds-quick [-- TRAIN FLAGS]
+    python -m benchmarks.preset_seeds quick --seeds 0 1 2 --out seeds-quick [-- TRAIN FLAGS]
 
 Runs `fmnist-alexnet train --preset P --seed S --out OUT/seed-S [FLAGS]` once per seed, one
 after the other, and times each command from start to exit (data loading, training,

@@ -14,7 +14,7 @@ stderr must hold no traceback, and its memory is reported before and after. Boun
 counts, a timeout on every socket, and the slow phase ends at its deadline. Only 127.0.0.1
 is contacted.
 
-Usage: python benchmarks/serve_faults.py CHECKPOINT [--garbage 2000] [--hostile 500]
+Usage: python -m benchmarks.serve_faults CHECKPOINT [--garbage 2000] [--hostile 500]
            [--slow 20 --slow-seconds 10] [--seed 0] [--out results.json]
 """
 
@@ -32,7 +32,8 @@ import time
 
 import httpx
 from PIL import Image
-from serve_load import HOST, rss_mb, running_server  # this folder: the load test's helpers
+
+from benchmarks.serve_load import CLI, HOST, rss_mb, running_server
 
 
 def main() -> None:
@@ -54,9 +55,12 @@ def main() -> None:
     sys.exit(0 if report["held"] else 1)
 
 
-def run_trial(checkpoint, garbage=2000, hostile=500, slow=20, slow_seconds=10.0, seed=0) -> dict:
+def run_trial(
+    checkpoint, garbage=2000, hostile=500, slow=20, slow_seconds=10.0, seed=0, cli=CLI
+) -> dict:
     rng = random.Random(seed)
-    with running_server(checkpoint, "--max-upload-mb", "1", "--max-files", "8") as server:
+    limits = ("--max-upload-mb", "1", "--max-files", "8")
+    with running_server(checkpoint, *limits, cli=cli) as server:
         port, pid = server["port"], server["process"].pid
         rss_before = round(rss_mb(pid), 1)
         t0 = time.perf_counter()

@@ -7,7 +7,7 @@ answers whose label equals offline `predict` on the same image file; then, optio
 at one concurrency to see whether the server's memory stays flat. Bounded: every phase has a
 fixed duration and the whole run stops by itself. Only 127.0.0.1 is ever contacted.
 
-Usage: python benchmarks/serve_load.py CHECKPOINT [--seconds 10] [--clients 1 8 32 128]
+Usage: python -m benchmarks.serve_load CHECKPOINT [--seconds 10] [--clients 1 8 32 128]
            [--soak-seconds 300 --soak-clients 32] [--out results.json]
 """
 
@@ -36,6 +36,7 @@ from fmnist_alexnet.predict import predict_images
 from fmnist_alexnet.runtime import device_name
 
 HOST = "127.0.0.1"
+CLI = (sys.executable, "-m", "fmnist_alexnet")
 N_IMAGES = 1000
 
 
@@ -201,13 +202,14 @@ def format_row(row) -> str:
 
 
 @contextmanager
-def running_server(checkpoint, *serve_args: str, timeout: float = 180.0):
-    """`fmnist-alexnet serve CHECKPOINT *serve_args` on a free loopback port, on the CPU; yields
-    its port, its process and a function that returns its stderr so far; SIGTERM on exit."""
+def running_server(checkpoint, *serve_args: str, timeout: float = 180.0, cli=CLI):
+    """`fmnist-alexnet serve CHECKPOINT *serve_args` on a free loopback port, on the CPU (``cli``:
+    the command that runs fmnist-alexnet); yields its port, its process and a function that
+    returns its stderr so far; SIGTERM on exit."""
     with socket.socket() as probe:
         probe.bind((HOST, 0))
         port = probe.getsockname()[1]
-    argv = [sys.executable, "-m", "fmnist_alexnet", "serve", str(checkpoint)]
+    argv = [*cli, "serve", str(checkpoint)]
     argv += ["--host", HOST, "--port", str(port), "--device", "cpu", *serve_args]
     process = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     captured: list[str] = []

@@ -6,7 +6,7 @@ a few hundred images each: quick with EMA and augmentation, a progressive resize
 preset, a run resumed after its first epoch, and a run sized by a time budget (so generous
 that the plan always takes the ``--epochs`` cap, and the largest of ``--budget-sizes``).
 
-    python benchmarks/weights_digest.py --out digests.json [--compare before.json]
+    python -m benchmarks.weights_digest --out digests.json [--compare before.json]
 """
 
 from __future__ import annotations

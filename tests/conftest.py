@@ -1,7 +1,6 @@
 """Shared fixtures and helpers: small real training runs, weight comparisons, IDX writers."""
 
 import gzip
-import importlib
 import os
 import shutil
 import sys
@@ -11,11 +10,15 @@ import numpy as np
 import pytest
 import torch
 from hypothesis import HealthCheck, settings
+from tinynet import NAME as TINY_ARCH
 
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import find_data
 from fmnist_alexnet.train import train
+
+# The command line with the suite's small network known, for tests that run it as a child.
+TINY_CLI = [sys.executable, str(Path(__file__).with_name("tinynet.py"))]
 
 # The fuzz tests' examples are the same on every run (a red CI run can be rerun as it was);
 # `pytest --hypothesis-profile explore` draws new ones.
@@ -56,18 +59,11 @@ def _share_the_cores(workers: int) -> None:
         torch.set_num_threads(threads)
 
 
-def import_benchmark(name: str):
-    """A script of benchmarks/ as a module (the folder is not a package)."""
-    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.pop(0)
-
-
-# A tiny real run through the CLI (train and tune): 63 px, 256 images, batches of 32, fp32
-# (bit-exact on CPU).
+# A tiny real run through the CLI (train and tune): the small network on 63 px, 256 real
+# images, batches of 32, fp32 (bit-exact on CPU).
 TUNE_ARGS = [
+    "--arch",
+    TINY_ARCH,
     "--image-size",
     "63",
     "--limit-train",
@@ -88,8 +84,11 @@ TUNE_ARGS = [
 TINY_ARGS = [*TUNE_ARGS, "--time-budget", "0"]
 
 
-# The same for the Python API: 63 px, 256 images, 2 epochs, flips and shifts, fp32.
+# The same for the Python API: 63 px, 256 images, 2 epochs, flips and shifts, fp32. Tests
+# that assert what only the real network shows (learning, bit-exact resume, export parity,
+# DDP) pass arch="alexnet".
 TINY = dict(
+    arch=TINY_ARCH,
     time_budget=0.0,
     image_size=63,
     limit_train=256,
@@ -115,8 +114,10 @@ def tiny_config(out, **overrides):
 
 
 def train_quietly(out: Path, **overrides) -> Path:
-    """A small real run of the quick preset on the CPU, silent; returns its folder."""
+    """A small real run of the quick preset on the CPU (the small network unless ``arch``
+    says), silent; returns its folder."""
     settings = {"device": "cpu", "progress": False, "tensorboard": False, "time_budget": 0.0}
+    settings["arch"] = TINY_ARCH
     settings["out"] = str(out)
     config = resolve("quick", {**settings, **overrides})
     train(config, log=quiet)
@@ -169,9 +170,27 @@ def real_data():
 
 @pytest.fixture(scope="session")
 def small_run(tmp_path_factory):
-    """One small real run (63 px, 512 images, 2 epochs) that the report, export and serving
-    tests all read and never change; trained once per session, deleted at its end."""
+    """One small real run of AlexNet (63 px, 512 images, 2 epochs) that the report and
+    export tests read and never change; trained once per session, deleted at its end."""
     folder = tmp_path_factory.mktemp("small-run")
+    yield train_quietly(
+        folder / "run",
+        arch="alexnet",
+        image_size=63,
+        limit_train=512,
+        limit_eval=256,
+        epochs=2,
+        batch_size=64,
+        lr=5e-4,
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The small network trained a little (63 px, 512 images, 2 epochs), for the predict and
+    serving tests: what they check holds for any classifier."""
+    folder = tmp_path_factory.mktemp("tiny-run")
     yield train_quietly(
         folder / "run",
         image_size=63,
@@ -179,7 +198,7 @@ def small_run(tmp_path_factory):
         limit_eval=256,
         epochs=2,
         batch_size=64,
-        lr=5e-4,
+        lr=3e-3,
     )
     shutil.rmtree(folder, ignore_errors=True)
 

@@ -2,7 +2,9 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_ARCH
 
+from fmnist_alexnet import bench as bench_module
 from fmnist_alexnet.cli import main
 
 KEYS = {
@@ -26,6 +28,8 @@ KEYS = {
 def test_bench_json_has_every_figure(capsys):
     argv = [
         "bench",
+        "--arch",
+        TINY_ARCH,
         "--device",
         "cpu",
         "--image-size",
@@ -78,10 +82,12 @@ def test_bench_rejects_bad_values(capsys):
     assert main(["bench", "--image-size", "40"]) == 2
 
 
-def test_profile_counts_every_part_of_the_real_step(capsys):
+def test_profile_counts_every_part_of_the_real_step(capsys, monkeypatch):
     """bench --profile: the linear layers' FLOPs are exactly the three layers' forward and
     backward GEMMs, and each part's kernels are found by the profiler (a renamed kernel
-    would read 0 ms)."""
+    would read 0 ms). The reference GEMM is made smaller here: at 4096 its six products
+    take most of this test's time on two cores."""
+    monkeypatch.setattr(bench_module, "GEMM_SIZE", 1024)
     argv = ["bench", "--device", "cpu", "--image-size", "63", "--batch-size", "8"]
     argv += ["--steps", "1", "--windows", "1", "--warmup", "1", "--precision", "fp32"]
     assert main([*argv, "--no-baseline", "--profile", "--json"]) == 0
@@ -94,10 +100,10 @@ def test_profile_counts_every_part_of_the_real_step(capsys):
         assert parts[name]["ms_per_step"] > 0, name
     assert parts["convolutions, backward"]["gflop"] > parts["convolutions, forward"]["gflop"] > 0
     assert abs(sum(row["share"] for row in parts.values()) - 1) < 1e-9
-    assert result["gemm_gflops"] > 0 and result["gemm_size"] == 4096
-    assert main([*argv, "--no-baseline", "--profile"]) == 0
+    assert result["gemm_gflops"] > 0 and result["gemm_size"] == 1024
+    assert main([*argv, "--no-baseline", "--profile", "--arch", TINY_ARCH]) == 0
     text = capsys.readouterr().out
-    assert "by kind of work (profiled; a 4096 GEMM runs at " in text
+    assert "by kind of work (profiled; a 1024 GEMM runs at " in text
     assert "    linear layers, forward and backward " in text
 
 

@@ -16,7 +16,7 @@ import time
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_ARGS, write_dataset
+from conftest import TINY_ARCH, TINY_ARGS, TINY_CLI, write_dataset
 
 from fmnist_alexnet.checkpoint import Checkpoint, save_checkpoint
 from fmnist_alexnet.cli import build_parser, main, preset_defaults
@@ -117,6 +117,7 @@ def test_files_that_are_not_the_published_dataset_are_said_so_everywhere(capsys,
     run = tmp_path / "r"
     argv = ["train", "--data-dir", str(folder), "--out", str(run), "--image-size", "63"]
     argv += ["--val-size", "32", "--batch-size", "32", "--epochs", "1", "--precision", "fp32"]
+    argv += ["--arch", TINY_ARCH, "--time-budget", "0"]
     assert main([*argv, "--device", "cpu", "--no-progress", "--no-tensorboard"]) == 0
     warning = f"warning: the files in {folder} are not the published Fashion-MNIST"
     assert capsys.readouterr().out.count(warning) == 1
@@ -250,29 +251,18 @@ def test_real_process_error_has_no_traceback(tmp_path):
 
 def test_ctrl_c_saves_last_checkpoint_and_prints_resume_command(tmp_path):
     out = tmp_path / "run"
-    argv = [
-        sys.executable,
-        "-m",
-        "fmnist_alexnet",
-        "train",
-        "--out",
-        str(out),
-        *TINY_ARGS,
-        "--limit-train",
-        "4096",
-        "--epochs",
-        "1",
-    ]
+    argv = [*TINY_CLI, "train", "--out", str(out), *TINY_ARGS, "--epochs", "1"]
+    argv += ["--limit-train", "50000", "--image-size", "224"]  # a 1,562-step epoch
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().startswith("training alexnet")
-    time.sleep(4)  # well inside the 128-step epoch
+    assert proc.stdout.readline().startswith("training tiny")
+    time.sleep(4)  # well inside the epoch
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr
     assert f"resume with: fmnist-alexnet train --resume {out}/checkpoints/last.pt" in stderr
     state = torch.load(out / "checkpoints" / "last.pt", weights_only=True)
-    assert state["epoch"] == 0 and 0 < state["step"] < 128
+    assert state["epoch"] == 0 and 0 < state["step"] < 1562
 
 
 def test_every_config_field_is_a_train_flag_whose_help_states_the_true_default(capsys):
@@ -353,3 +343,10 @@ def test_version_names_the_installed_package_and_torch(capsys):
     assert capsys.readouterr().out == (
         f"fmnist-alexnet {installed} (torch {torch.__version__}, Python {python})\n"
     )
+
+
+def test_the_suites_small_network_is_not_offered_to_users():
+    """Only a process that imports tests/tinynet.py knows the suite's network."""
+    argv = [sys.executable, "-m", "fmnist_alexnet", "train", "--arch", TINY_ARCH]
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and f"invalid choice: '{TINY_ARCH}'" in proc.stderr

@@ -19,8 +19,8 @@ N = 60
 
 
 @pytest.fixture(scope="module")
-def trained(small_run):
-    return small_run / "checkpoints" / "best.pt"
+def trained(tiny_run):
+    return tiny_run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")

@@ -8,14 +8,12 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from conftest import import_benchmark
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -25,10 +23,14 @@ try:  # the client library starlette's TestClient itself picks, so its errors ar
     import httpx2 as httpx
 except ModuleNotFoundError:
     import httpx
+from conftest import TINY_CLI  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
+from tinynet import TinyNet  # noqa: E402
 
+from benchmarks import serve_faults  # noqa: E402
 from fmnist_alexnet.checkpoint import load_model  # noqa: E402
 from fmnist_alexnet.data.sources import load_splits  # noqa: E402
+from fmnist_alexnet.model import count_parameters  # noqa: E402
 from fmnist_alexnet.predict import predict_images  # noqa: E402
 from fmnist_alexnet.serve.app import ServeSettings, create_app  # noqa: E402
 from fmnist_alexnet.serve.loading import load_served  # noqa: E402
@@ -38,8 +40,8 @@ SETTINGS = ServeSettings(max_batch=16, max_wait_ms=20, max_upload_mb=1, max_file
 
 
 @pytest.fixture(scope="module")
-def best(small_run):
-    return small_run / "checkpoints" / "best.pt"
+def best(tiny_run):
+    return tiny_run / "checkpoints" / "best.pt"
 
 
 @pytest.fixture(scope="module")
@@ -204,7 +206,7 @@ def test_pixel_cap_refuses_an_image_before_decoding(client):
 def test_model_health_ready_metrics_and_docs(client, best, real_split):
     info = client.get("/v1/model").json()
     assert info["sha256"] == hashlib.sha256(best.read_bytes()).hexdigest()
-    assert info["arch"] == "alexnet" and info["parameters"] == 57_029_322
+    assert info["arch"] == "tiny" and info["parameters"] == count_parameters(TinyNet())
     assert info["contract"]["image_size"] == 63 and len(info["classes"]) == 10
     measured = json.loads((best.parent.parent / "test_metrics.json").read_text())
     assert info["test_accuracy"] == measured["accuracy"]
@@ -228,7 +230,7 @@ def test_an_onnx_export_serves_the_same_answers(best, real_split, offline, tmp_p
     path = tmp_path / "model.onnx"
     export(best, "onnx", path, check_images=8)
     model, info = load_served(path)
-    assert info["engine"] == "onnx" and info["parameters"] == 57_029_322
+    assert info["engine"] == "onnx" and info["parameters"] == count_parameters(TinyNet())
     with TestClient(create_app(model, info, SETTINGS)) as onnx_client:
         files = upload(*[(f"{i}.png", png(real_split[0][i])) for i in range(8)])
         results = onnx_client.post("/v1/predict", files=files).json()["results"]
@@ -290,7 +292,7 @@ def test_concurrent_requests_are_batched_and_each_gets_its_own_answer(
 
 def test_sigterm_answers_the_request_in_flight_then_exits_0(best):
     port = free_port()
-    command = [sys.executable, "-m", "fmnist_alexnet", "serve", str(best), "--port", str(port)]
+    command = [*TINY_CLI, "serve", str(best), "--port", str(port)]
     command += ["--device", "cpu", "--max-wait-ms", "1500"]  # the request waits in the batcher
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
@@ -360,8 +362,9 @@ def test_a_port_in_use_is_one_line_and_exit_2(best, capsys):
 def test_garbage_hostile_uploads_and_slow_clients_on_loopback(best):
     """A bounded run of benchmarks/serve_faults.py against a real server process: no 500,
     no traceback in an answer or in the server's log, /ready answers during and after."""
-    serve_faults = import_benchmark("serve_faults")
-    report = serve_faults.run_trial(best, garbage=150, hostile=12, slow=2, slow_seconds=1)
+    report = serve_faults.run_trial(
+        best, garbage=150, hostile=12, slow=2, slow_seconds=1, cli=TINY_CLI
+    )
     assert report["held"], report
     assert report["ready_after"] == 200 and report["server_stderr_tracebacks"] == 0
     assert sum(report["garbage_answers"].values()) == 150

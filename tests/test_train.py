@@ -4,15 +4,13 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import resource
-import shutil
 import subprocess
-import sys
 
 import pytest
 import torch
 from conftest import (
+    TINY_CLI,
     assert_same_weights,
     final_weights,
     quiet,
@@ -32,12 +30,15 @@ from fmnist_alexnet.train import TrainingInterrupted, train
 # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
 # half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
 SCHEDULE = {"schedule": "constant", "warmup_epochs": 0.5}
+# Bit-exact resume is checked on the real network; the rest of this module's plumbing on the
+# suite's small one.
+REAL = {"arch": "alexnet"}
 
 
 @pytest.fixture(scope="module")
 def straight_run(module_tmp):
     out = module_tmp / "straight"
-    train(tiny_config(out, tensorboard=True, **SCHEDULE), log=quiet)
+    train(tiny_config(out, tensorboard=True, **SCHEDULE, **REAL), log=quiet)
     return out
 
 
@@ -97,14 +98,15 @@ def test_tensorboard_holds_the_run_as_its_metrics_say(straight_run):
     assert set(events.Tags()["images"]) == {"test/confusion_matrix", "test/samples"}
 
 
-def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(straight_run, tmp_path):
+def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(tmp_path):
     """A file-size limit (RLIMIT_FSIZE, as `ulimit -f` sets) makes the next last.pt write
     fail part-way: exit 2, one line naming the file and the cause, the old last.pt intact."""
     run = tmp_path / "run"
-    shutil.copytree(straight_run, run, copy_function=os.link)  # files are only ever replaced
+    train(tiny_config(run, **SCHEDULE), log=quiet)
     last = run / "checkpoints" / "last.pt"
     before = hashlib.sha256(last.read_bytes()).hexdigest()
-    limit = 50 * 2**20  # far below a checkpoint, far above config.json and metrics.jsonl
+    limit = last.stat().st_size // 2  # below a checkpoint, above config.json and metrics
+    assert limit > 4 * (run / "config.json").stat().st_size
 
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
@@ -112,7 +114,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(straight_run, t
     argv = ["train", "--resume", "auto", "--out", str(run), "--epochs", "3", "--no-report",
             "--no-tensorboard"]  # fmt: skip
     done = subprocess.run(
-        [sys.executable, "-m", "fmnist_alexnet", *argv],
+        [*TINY_CLI, *argv],
         preexec_fn=small_files,
         capture_output=True,
         text=True,
@@ -127,7 +129,7 @@ def test_a_full_disk_stops_the_run_in_one_line_and_keeps_last_pt(straight_run, t
 
 
 def test_resume_at_epoch_boundary_equals_straight_run(straight_run, tmp_path):
-    train(tiny_config(tmp_path / "resumed", epochs=1, **SCHEDULE), log=quiet)
+    train(tiny_config(tmp_path / "resumed", epochs=1, **SCHEDULE, **REAL), log=quiet)
     config, state = plan_run(None, {"epochs": 2, "out": str(tmp_path / "resumed")}, "auto")
     assert state.epoch == 1
     train(config, state, log=quiet)
@@ -139,7 +141,7 @@ def test_resume_at_epoch_boundary_equals_straight_run(straight_run, tmp_path):
 
 def test_interrupt_mid_epoch_saves_and_resume_equals_straight_run(straight_run, tmp_path):
     with pytest.raises(TrainingInterrupted, match="resume with: fmnist-alexnet train --resume"):
-        train(tiny_config(tmp_path, **SCHEDULE), log=quiet, should_stop=stop_after(11))
+        train(tiny_config(tmp_path, **SCHEDULE, **REAL), log=quiet, should_stop=stop_after(11))
     saved = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
     assert (saved.epoch, saved.step) == (1, 11)
     config, state = plan_run(None, {}, str(tmp_path / "checkpoints" / "last.pt"))
@@ -165,16 +167,18 @@ def test_resume_refuses_finished_run_and_other_arch(straight_run):
         plan_run(None, {"out": str(straight_run), "arch": "alexnet-paper", "epochs": 3}, "auto")
 
 
-def test_a_budgeted_run_trains_exactly_as_the_count_it_chose(straight_run, tmp_path):
+def test_a_budgeted_run_trains_exactly_as_the_count_it_chose(tmp_path):
     """The probe's throwaway model draws from the global RNG; the real one reseeds it, so a
     budget that fits both epochs gives the very weights of a plain 2-epoch run."""
-    train(tiny_config(tmp_path, time_budget=3600.0, **SCHEDULE), log=quiet)
-    assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
-    config = json.loads((tmp_path / "config.json").read_text())
+    plain, run = tmp_path / "plain", tmp_path / "budgeted"
+    train(tiny_config(plain, **SCHEDULE), log=quiet)
+    train(tiny_config(run, time_budget=3600.0, **SCHEDULE), log=quiet)
+    assert_same_weights(final_weights(run), final_weights(plain))
+    config = json.loads((run / "config.json").read_text())
     plan = config["runtime"]["time_budget"]
     assert config["epochs"] == plan["epochs"] == 2 and plan["budget_s"] == 3600
     assert 0 < plan["estimate_s"] < 3600 and plan["train_images_per_sec"] > 0
-    assert not (tmp_path / "checkpoints" / "time-budget-probe.pt").exists()
+    assert not (run / "checkpoints" / "time-budget-probe.pt").exists()
 
 
 def test_a_budget_chooses_the_largest_size_that_fits_and_records_why(tmp_path):
@@ -217,18 +221,17 @@ def test_a_budget_cuts_the_epochs_and_a_resumed_run_keeps_the_cut(tmp_path, monk
     assert (config.epochs, config.time_budget) == (3, 0.0)
 
 
-def test_a_first_epoch_faster_than_the_probe_said_lets_more_epochs_in(
-    straight_run, tmp_path, monkeypatch
-):
+def test_a_first_epoch_faster_than_the_probe_said_lets_more_epochs_in(tmp_path, monkeypatch):
     """With a first epoch whose rates do not depend on the total, the count is planned
     again from what that epoch took; the run is still exactly the plain run of that count."""
-    lines = []
+    lines, plain, tmp_path = [], tmp_path / "plain", tmp_path / "budgeted"
+    train(tiny_config(plain, **SCHEDULE), log=quiet)
     monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
     train(tiny_config(tmp_path, time_budget=200.0, **SCHEDULE), log=lines.append)
     assert lines[0].startswith("time budget 200 s: 1 epoch fit")
     replanned = [line for line in lines if line.startswith("time budget: epoch 1 took")]
     assert len(replanned) == 1 and "2 epochs fit now (planned 1)" in replanned[0]
-    assert_same_weights(final_weights(tmp_path), final_weights(straight_run))
+    assert_same_weights(final_weights(tmp_path), final_weights(plain))
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["epochs"] == 2 and config["runtime"]["time_budget"]["replanned"]["factor"] < 1
 
@@ -303,49 +306,6 @@ def test_every_preset_trains_on_real_images(tmp_path, preset):
     for key, value in PRESETS[preset].items():
         expected = "" if key == "budget_sizes" else overrides.get(key, value)
         assert getattr(saved, key) == expected, key
-
-
-@pytest.mark.slow
-def test_learns_a_real_subset(tmp_path):
-    """1,600 real training images, 64 px, 3 epochs: far above the 10% of chance.
-
-    The learning rate is half the quick preset's: at 1e-3 so short a run can stay on the
-    network's initial plateau. No validation split (the last epoch is tested), to spend the
-    time training.
-
-    The recipe is spelled out rather than taken from a preset, so tuning a preset cannot
-    quietly weaken this test.
-    """
-    recipe = {
-        "optimizer": "adamw",
-        "lr": 5e-4,
-        "weight_decay": 0.01,
-        "schedule": "onecycle",
-        "warmup_epochs": 0.3,
-        "label_smoothing": 0.0,
-        "flip": True,
-        "translate": 0,
-        "dropout": 0.5,
-        "precision": "fp32",
-        "image_size": 64,
-        "batch_size": 64,
-        "epochs": 3,
-    }
-    config = resolve(
-        "quick",
-        {
-            **recipe,
-            "limit_train": 1600,
-            "val_size": 0,
-            "limit_eval": 500,
-            "device": "cpu",
-            "progress": False,
-            "out": str(tmp_path),
-        },
-    )
-    result = train(config, log=quiet)
-    assert result.test["n"] == 500
-    assert result.test["accuracy"] > 0.55, result.test["accuracy"]
 
 
 def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_final_size(

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from fmnist_alexnet.errors import FmnistError
 
-ARCHS = ("alexnet", "alexnet-paper", "alexnet-d2l")
 # default: PyTorch's layer defaults; xavier: what d2l's train_ch6 applies before training.
 INITS = ("default", "xavier")
-# Below these sizes the feature maps shrink to nothing before the last pool.
-MIN_IMAGE_SIZE = {"alexnet": 63, "alexnet-paper": 65, "alexnet-d2l": 65}
 
 
 class AlexNet(nn.Module):
@@ -112,14 +112,34 @@ def _d2l_classifier(in_features: int, num_classes: int, dropout: float) -> nn.Se
     )
 
 
+@dataclass(frozen=True)
+class Architecture:
+    """How to build one ``--arch``: ``build(num_classes, dropout)``, and the smallest input
+    it takes (below it the feature maps shrink to nothing before the last pool)."""
+
+    build: Callable[[int, float], nn.Module]
+    min_image_size: int
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "alexnet": Architecture(AlexNet, 63),
+    "alexnet-paper": Architecture(AlexNetPaper, 65),
+    "alexnet-d2l": Architecture(lambda n, p: AlexNetPaper(n, p, d2l=True), 65),
+}
+ARCHS = ARCHITECTURES.keys()  # a live view: what --arch accepts
+
+
+def register_architecture(name: str, architecture: Architecture) -> None:
+    """Make ``name`` a valid ``--arch`` in this process (the test suite's small network)."""
+    ARCHITECTURES[name] = architecture
+
+
 def build_model(arch: str, num_classes: int = 10, dropout: float = 0.5) -> nn.Module:
     """``dropout`` is the seed's 0.5 unless changed; it has no weights, so checkpoints load
     into a model of any dropout."""
-    if arch == "alexnet":
-        return AlexNet(num_classes, dropout)
-    if arch in ("alexnet-paper", "alexnet-d2l"):
-        return AlexNetPaper(num_classes, dropout, d2l=arch == "alexnet-d2l")
-    raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch not in ARCHITECTURES:
+        raise FmnistError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    return ARCHITECTURES[arch].build(num_classes, dropout)
 
 
 def initialize(model: nn.Module, scheme: str) -> nn.Module:
@@ -142,7 +162,7 @@ MAX_IMAGE_SIZE = 512
 
 
 def check_image_size(arch: str, image_size: int, flag: str = "--image-size") -> None:
-    minimum = MIN_IMAGE_SIZE[arch]
+    minimum = ARCHITECTURES[arch].min_image_size
     if image_size < minimum:
         raise FmnistError(
             f"{flag} {image_size} is too small for {arch}: the minimum is {minimum} px "
