@@ -32,7 +32,7 @@ from PIL import Image
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
-from fmnist_alexnet.predict import predict_images
+from fmnist_alexnet.infer.predict import predict_images
 from fmnist_alexnet.runtime import device_name
 
 HOST = "127.0.0.1"

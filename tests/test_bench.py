@@ -4,7 +4,7 @@ import pytest
 import torch
 from conftest import TINY_ARCH
 
-from fmnist_alexnet import bench as bench_module
+from fmnist_alexnet.bench import timing as bench_module
 from fmnist_alexnet.cli import main
 
 KEYS = {

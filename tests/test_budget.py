@@ -6,7 +6,9 @@ import dataclasses
 import pytest
 
 from fmnist_alexnet.argtypes import duration
-from fmnist_alexnet.budget import (
+from fmnist_alexnet.config import budget_sizes, replace, resolve
+from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.train.budget import (
     FINISH_S,
     SAFETY,
     Speeds,
@@ -16,9 +18,7 @@ from fmnist_alexnet.budget import (
     replan_late,
     replan_step,
 )
-from fmnist_alexnet.config import budget_sizes, replace, resolve
-from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.messages import FEW_HOUR_EPOCHS, budget_line, few_epochs_line
+from fmnist_alexnet.train.messages import FEW_HOUR_EPOCHS, budget_line, few_epochs_line
 
 
 @pytest.mark.parametrize(

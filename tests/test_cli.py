@@ -312,7 +312,7 @@ def test_every_argument_of_every_command_says_what_it_is():
 
 
 def test_normalisation_flags_reach_the_config(capsys):
-    from fmnist_alexnet.plan import plan_run
+    from fmnist_alexnet.train.start import plan_run
 
     args = build_parser().parse_args(["train", "--mean", "0", "--std", "1", "--out", "x"])
     config, _ = plan_run(None, {"mean": args.mean, "std": args.std, "out": args.out}, None)

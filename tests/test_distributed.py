@@ -15,7 +15,7 @@ from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.model import build_model
 from fmnist_alexnet.runtime import Distributed
-from fmnist_alexnet.train import load_data
+from fmnist_alexnet.train.data import load_data
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
 # Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.

@@ -10,7 +10,7 @@ from fmnist_alexnet.data import MEAN, STD
 from fmnist_alexnet.data.batches import DeviceData, Preprocess
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.evaluate import evaluate
+from fmnist_alexnet.infer.evaluate import evaluate
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +51,9 @@ def test_flip_tta_is_the_mean_softmax_of_an_image_and_its_mirror(lopsided_model,
         p = (lopsided_model(x).softmax(1) + lopsided_model(x.flip(-1)).softmax(1)) / 2
     labels = real_test_images.labels
     result = run(lopsided_model, real_test_images, "flip")
-    assert result["n"] == 500
-    assert result["accuracy"] == pytest.approx((p.argmax(1) == labels).float().mean().item())
-    assert result["loss"] == pytest.approx(-p[torch.arange(500), labels].log().mean().item())
+    assert result.n == 500
+    assert result.accuracy == pytest.approx((p.argmax(1) == labels).float().mean().item())
+    assert result.loss == pytest.approx(-p[torch.arange(500), labels].log().mean().item())
 
 
 def test_flip_tta_does_not_care_which_way_the_data_faces(lopsided_model, real_test_images):
@@ -62,14 +62,14 @@ def test_flip_tta_does_not_care_which_way_the_data_faces(lopsided_model, real_te
         run(lopsided_model, mirrored(real_test_images)),
     )
     # The model itself is not mirror-invariant, so the plain numbers differ...
-    assert abs(plain["loss"] - plain_mirrored["loss"]) > 1e-3
+    assert abs(plain.loss - plain_mirrored.loss) > 1e-3
     # ...and flip TTA scores both ways round identically.
     tta, tta_mirrored = (
         run(lopsided_model, real_test_images, "flip"),
         run(lopsided_model, mirrored(real_test_images), "flip"),
     )
-    assert tta["confusion_matrix"] == tta_mirrored["confusion_matrix"]
-    assert tta["loss"] == pytest.approx(tta_mirrored["loss"], rel=1e-5)
+    assert tta.confusion_matrix == tta_mirrored.confusion_matrix
+    assert tta.loss == pytest.approx(tta_mirrored.loss, rel=1e-5)
 
 
 def test_unknown_tta_is_a_user_error(lopsided_model, real_test_images):

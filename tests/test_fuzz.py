@@ -29,7 +29,7 @@ from fmnist_alexnet.cli import build_parser
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.idx import read_images, read_labels, sha256
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.predict import ImageError, prepare_image
+from fmnist_alexnet.infer.predict import ImageError, prepare_image
 from fmnist_alexnet.spec import ModelSpec
 
 SCALE = int(os.environ.get("FUZZ_SCALE", "1"))
@@ -146,7 +146,7 @@ BOUNDED = textwrap.dedent(
             print("refused", str(exc))
     print("peak_growth_mb", peak_mb() - before)
 
-    from fmnist_alexnet.predict import ImageError, prepare_image
+    from fmnist_alexnet.infer.predict import ImageError, prepare_image
 
     def png(width, height, rows):  # a grayscale PNG of zeros, built without its pixels
         def chunk(kind, data):

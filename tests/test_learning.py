@@ -47,5 +47,5 @@ def test_learns_a_real_subset(tmp_path):
         },
     )
     result = train(config, log=quiet)
-    assert result.test["n"] == 500
-    assert result.test["accuracy"] > 0.55, result.test["accuracy"]
+    assert result.test.n == 500
+    assert result.test.accuracy > 0.55, result.test.accuracy

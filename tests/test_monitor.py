@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from fmnist_alexnet.monitor import NonFinite, StepMonitor, weights_are_finite
-from fmnist_alexnet.tracking import Tracker
+from fmnist_alexnet.train.monitor import NonFinite, StepMonitor, weights_are_finite
+from fmnist_alexnet.train.tracking import Tracker
 
 
 class Recorder(Tracker):

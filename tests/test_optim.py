@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fmnist_alexnet.config import TrainConfig
-from fmnist_alexnet.optim import (
+from fmnist_alexnet.train.optim import (
     build_optimizer,
     build_scheduler,
     cooldown_start,

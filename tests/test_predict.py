@@ -4,6 +4,7 @@ import io
 import json
 import os
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from PIL import Image
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.data.sources import load_splits
-from fmnist_alexnet.predict import find_images, predict_images, prepare_image
+from fmnist_alexnet.infer.predict import find_images, predict_images, prepare_image
 
 N = 60
 
@@ -55,7 +56,7 @@ def on_white_canvas(image, canvas=512, longest=400, margin=(40, 70)):
 
 
 def top1(results):
-    return np.array([row["top"][0]["label"] for row in results])
+    return np.array([result.top[0].label for result in results])
 
 
 def test_png_of_test_images_gives_exactly_the_models_predictions(tmp_path, originals, reference):
@@ -64,9 +65,9 @@ def test_png_of_test_images_gives_exactly_the_models_predictions(tmp_path, origi
     for path, image in zip(paths, originals[0], strict=True):
         assert np.array_equal(prepare_image(path), image)  # 28x28 keeps its framing
     results = predict_images(loaded, [tmp_path / "png"], top_k=3)
-    assert [r["path"] for r in results] == [str(p) for p in paths]
+    assert [r.path for r in results] == [str(p) for p in paths]
     assert np.array_equal(top1(results), expected)
-    assert all(len(r["top"]) == 3 and r["top"][0]["prob"] >= r["top"][1]["prob"] for r in results)
+    assert all(len(r.top) == 3 and r.top[0].prob >= r.top[1].prob for r in results)
 
 
 def test_inverted_jpeg_on_white_512_lands_where_the_model_expects(tmp_path, originals, reference):
@@ -226,3 +227,25 @@ def test_bad_values(trained, capsys, tmp_path):
     assert "--top-k must be in 1..10" in capsys.readouterr().err
     assert main(["predict", str(tmp_path / "none.pt"), str(tmp_path)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_the_public_api_and_the_readmes_example(tmp_path, originals, tiny_run, capsys):
+    """Every name the package exports imports, and the README's Python example runs as
+    written (on a run folder and a folder of images of its own)."""
+    import fmnist_alexnet
+
+    for name in fmnist_alexnet.__all__:
+        assert getattr(fmnist_alexnet, name) is not None, name
+    readme = (Path(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    (example,) = [
+        block.split("\n", 1)[1]
+        for block in readme.split("```python")[1:]
+        for block in [block.split("```")[0]]
+        if "predict_images" in block
+    ]
+    save_all(tmp_path / "photos", originals[0][:3], Image.fromarray, ".png")
+    example = example.replace('"runs/X"', repr(str(tiny_run)))
+    example = example.replace('"photos/"', repr(str(tmp_path / "photos")))
+    exec(compile(example, "README.md", "exec"), {})
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and all("ClassScore(label=" in line for line in lines)

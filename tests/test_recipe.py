@@ -7,9 +7,9 @@ import pytest
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.recipe import read_recipe, recipe_of, write_recipe
-from fmnist_alexnet.tune_space import read_space
+from fmnist_alexnet.train.start import plan_run
+from fmnist_alexnet.tune.space import read_space
 
 
 def test_a_recipe_written_as_toml_resolves_to_the_same_config(tmp_path):

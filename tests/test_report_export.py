@@ -18,9 +18,9 @@ from fmnist_alexnet.cli import main
 from fmnist_alexnet.config import resolve
 from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.evaluate import evaluate_checkpoint
-from fmnist_alexnet.export import FORMATS, OnnxModel, export
 from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure, pyplot, samples_figure
+from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
+from fmnist_alexnet.infer.export import FORMATS, OnnxModel, export
 from fmnist_alexnet.recipe import reproduce_command
 from fmnist_alexnet.report import _time_line, model_card
 
@@ -61,11 +61,11 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     # agrees with the run's own test and with evaluate.
     full_test = evaluate_checkpoint(run_dir / "checkpoints" / "best.pt", device="cpu", limit=256)
     run_test = json.loads((run_dir / "test_metrics.json").read_text())
-    assert full_test["accuracy"] == pytest.approx(run_test["accuracy"])
-    assert f"Test accuracy {full_test['accuracy']:.4f}** on the first 256 images of the" in card
+    assert full_test.accuracy == pytest.approx(run_test["accuracy"])
+    assert f"Test accuracy {full_test.accuracy:.4f}** on the first 256 images of the" in card
     assert "57,029,322 parameters" in card and "![confusion matrix](confusion_matrix.png)" in card
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
-    assert f"| Ankle boot | {full_test['per_class']['Ankle boot']:.4f} |" in card
+    assert f"| Ankle boot | {full_test.per_class['Ankle boot']:.4f} |" in card
     assert "- Training on 512 images; validation (model selection) on 256 held out of the " in card
 
 

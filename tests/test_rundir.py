@@ -12,8 +12,8 @@ from conftest import TINY_ARGS
 
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.plan import plan_run
-from fmnist_alexnet.rundir import RunDir
+from fmnist_alexnet.train.rundir import RunDir
+from fmnist_alexnet.train.start import plan_run
 
 
 def test_a_second_training_into_a_locked_folder_is_refused_in_one_line(tmp_path, capsys):
@@ -34,7 +34,7 @@ def test_a_second_training_into_a_locked_folder_is_refused_in_one_line(tmp_path,
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):
     code = (
-        "import sys, time; from fmnist_alexnet.rundir import RunDir; "
+        "import sys, time; from fmnist_alexnet.train.rundir import RunDir; "
         f"run = RunDir({str(tmp_path / 'run')!r}); run.prepare(); print('locked', flush=True); "
         "time.sleep(60)"
     )
@@ -86,7 +86,7 @@ def test_a_torn_metrics_line_is_dropped_and_a_failed_append_leaves_none(tmp_path
         raise OSError(errno.ENOSPC, "No space left on device")
 
     real_write = os.write
-    monkeypatch.setattr("fmnist_alexnet.rundir.os.write", half_then_full)
+    monkeypatch.setattr("fmnist_alexnet.train.rundir.os.write", half_then_full)
     with pytest.raises(FmnistError, match="metrics.jsonl: cannot write .*the disk is full"):
         run.append_metrics({"epoch": 2, "val_acc": 0.6})
     monkeypatch.undo()

@@ -12,12 +12,12 @@ from conftest import TINY_ARGS, quiet, tiny_config
 from fmnist_alexnet.checkpoint import load_checkpoint
 from fmnist_alexnet.cli import main
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.messages import summary_line
-from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.runtime import resolve_device
-from fmnist_alexnet.step import build_train_step
-from fmnist_alexnet.tracking import Tracker, open_tracker
 from fmnist_alexnet.train import train
+from fmnist_alexnet.train.messages import summary_line
+from fmnist_alexnet.train.start import plan_run
+from fmnist_alexnet.train.step import build_train_step
+from fmnist_alexnet.train.tracking import Tracker, open_tracker
 
 SCHEDULE = {"schedule": "constant", "warmup_epochs": 0.0, "log_every": 4}
 

@@ -30,8 +30,8 @@ from tinynet import TinyNet  # noqa: E402
 from benchmarks import serve_faults  # noqa: E402
 from fmnist_alexnet.checkpoint import load_model  # noqa: E402
 from fmnist_alexnet.data.sources import load_splits  # noqa: E402
+from fmnist_alexnet.infer.predict import predict_images  # noqa: E402
 from fmnist_alexnet.model import count_parameters  # noqa: E402
-from fmnist_alexnet.predict import predict_images  # noqa: E402
 from fmnist_alexnet.serve.app import ServeSettings, create_app  # noqa: E402
 from fmnist_alexnet.serve.loading import load_served  # noqa: E402
 from fmnist_alexnet.serve.server import build_server  # noqa: E402
@@ -74,7 +74,7 @@ def offline(best, real_split, tmp_path_factory):
     for i, image in enumerate(real_split[0]):
         (folder / f"{i:02d}.png").write_bytes(png(image))
     rows = predict_images(load_model(best, "cpu", precision="fp32"), [folder], top_k=3)
-    return [row["top"] for row in rows]
+    return [[score.to_dict() for score in row.top] for row in rows]
 
 
 # Server and `predict` both run in fp32 here: with bf16 autocast, batches of other sizes may
@@ -225,7 +225,7 @@ def test_model_health_ready_metrics_and_docs(client, best, real_split):
 
 
 def test_an_onnx_export_serves_the_same_answers(best, real_split, offline, tmp_path):
-    from fmnist_alexnet.export import export
+    from fmnist_alexnet.infer.export import export
 
     path = tmp_path / "model.onnx"
     export(best, "onnx", path, check_images=8)

@@ -18,14 +18,13 @@ from conftest import (
     tiny_config,
 )
 
-from fmnist_alexnet import budget
-from fmnist_alexnet import train as train_module
 from fmnist_alexnet.checkpoint import FORMAT_VERSION, load_checkpoint
 from fmnist_alexnet.config import PRESETS, resolve
 from fmnist_alexnet.data import CLASS_NAMES, MEAN, STD
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.plan import RunComplete, plan_run
-from fmnist_alexnet.train import TrainingInterrupted, train
+from fmnist_alexnet.train import TrainingInterrupted, budget, time_budget, train
+from fmnist_alexnet.train import data as train_data
+from fmnist_alexnet.train.start import RunComplete, plan_run
 
 # A schedule that does not depend on the total: a 1-epoch run is then exactly the first
 # half of a 2-epoch run (with one-cycle or cosine the totals set different curves).
@@ -268,9 +267,9 @@ def test_a_wsd_run_plans_again_until_its_decay_and_is_the_plain_run_of_its_count
     train(tiny_config(tmp_path / "plain", **wsd), log=quiet, test=False)
     lines = []
     monkeypatch.setattr(budget, "probe", lambda *args: SLOW)
-    first = train_module.replan
+    first = time_budget.replan
     monkeypatch.setattr(
-        train_module, "replan", lambda *args: dataclasses.replace(first(*args), epochs=3)
+        time_budget, "replan", lambda *args: dataclasses.replace(first(*args), epochs=3)
     )
     config = tiny_config(tmp_path / "budgeted", time_budget=200.0, **wsd)
     train(config, log=lines.append, test=False)
@@ -312,13 +311,13 @@ def test_progressive_resizing_trains_early_epochs_small_and_evaluates_at_the_fin
     tmp_path, monkeypatch
 ):
     sizes = []
-    real = train_module.train_batches
+    real = train_data.train_batches
 
     def recording(data, **kwargs):
         sizes.append(kwargs["preprocess"].image_size)
         return real(data, **kwargs)
 
-    monkeypatch.setattr(train_module, "train_batches", recording)
+    monkeypatch.setattr(train_data, "train_batches", recording)
     config = tiny_config(
         tmp_path, epochs=3, image_size=72, start_size=63, start_epochs=2, limit_train=64
     )

@@ -7,9 +7,9 @@ import pytest
 from conftest import TUNE_ARGS
 
 from fmnist_alexnet.cli import main
-from fmnist_alexnet.plan import plan_run
 from fmnist_alexnet.recipe import read_recipe
-from fmnist_alexnet.tune_space import DEFAULT_SPACE, check_space, read_space
+from fmnist_alexnet.train.start import plan_run
+from fmnist_alexnet.tune.space import DEFAULT_SPACE, check_space, read_space
 
 # The seed is searched: on 128 images at 63 px the trials differ by their seed alone, which
 # gives the median pruner different epoch-1 validation accuracies to compare (the optuna

@@ -2,8 +2,8 @@
 
 from fmnist_alexnet.checkpoint import LoadedModel, load_model
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.predict import predict_images, prepare_image
 from fmnist_alexnet.model import AlexNet, AlexNetPaper, build_model
-from fmnist_alexnet.predict import predict_images, prepare_image
 from fmnist_alexnet.spec import ModelSpec
 
 __version__ = "0.1.0"

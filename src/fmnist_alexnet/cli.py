@@ -9,6 +9,7 @@ import json
 import os
 import platform
 import sys
+from typing import TYPE_CHECKING, TextIO
 
 import torch
 
@@ -25,11 +26,15 @@ from fmnist_alexnet.config import (
     setting_help,
 )
 from fmnist_alexnet.data import sources
-from fmnist_alexnet.engines import ENGINES, load_classifier
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.evaluate import TTA_CHOICES
-from fmnist_alexnet.export import FORMATS
+from fmnist_alexnet.infer.engines import ENGINES, load_classifier
+from fmnist_alexnet.infer.evaluate import TTA_CHOICES
+from fmnist_alexnet.infer.export import FORMATS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.bench.timing import Benchmark
+    from fmnist_alexnet.infer.predict import Prediction
 
 PROG = "fmnist-alexnet"
 CHECKPOINT_HELP = "a checkpoint (.pt) or a run folder (its checkpoints/best.pt)"
@@ -385,11 +390,11 @@ def _given(args, names) -> dict:
 
 
 def _train(args) -> int:
-    from fmnist_alexnet.messages import summary_line
-    from fmnist_alexnet.plan import RunComplete, plan_run
     from fmnist_alexnet.recipe import read_recipe
     from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
     from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, train
+    from fmnist_alexnet.train.messages import summary_line
+    from fmnist_alexnet.train.start import RunComplete, plan_run
 
     overrides = _given(args, [f.name for f in dataclasses.fields(TrainConfig)])
     recipe = read_recipe(args.config) if args.config else None
@@ -433,8 +438,8 @@ def _report_after_training(run_dir, config) -> None:
 
 
 def _evaluate(args) -> int:
-    from fmnist_alexnet.evaluate import evaluate_checkpoint
-    from fmnist_alexnet.messages import unpublished_data_line
+    from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
+    from fmnist_alexnet.train.messages import unpublished_data_line
 
     result = evaluate_checkpoint(
         args.checkpoint,
@@ -446,24 +451,22 @@ def _evaluate(args) -> int:
         tta=args.tta,
         limit=args.limit_eval,
     )
-    if not result["data_published"]:
-        print(unpublished_data_line(result["data_directory"]), file=sys.stderr)
+    if not result.data_published:
+        print(unpublished_data_line(result.data_directory), file=sys.stderr)
     if args.json:
-        keys = ("split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix")
-        keys += ("data_published",)
-        print(json.dumps({key: result[key] for key in keys}))
+        print(json.dumps(result.to_dict()))
         return 0
-    tta = "" if result["tta"] == "none" else f" with {result['tta']} test-time augmentation"
+    tta = "" if result.tta == "none" else f" with {result.tta} test-time augmentation"
     print(
-        f"{result['split']} accuracy{tta} {result['accuracy']:.4f} on {result['n']} images "
-        f"(loss {result['loss']:.4f})"
+        f"{result.split} accuracy{tta} {result.accuracy:.4f} on {result.n} images "
+        f"(loss {result.loss:.4f})"
     )
-    names = list(result["per_class"])
+    names = list(result.per_class)
     width = max(len(name) for name in names)
-    for name, accuracy in result["per_class"].items():
+    for name, accuracy in result.per_class.items():
         print(f"  {name:<{width}}  {accuracy:.4f}")
     print("confusion matrix (rows: true class, columns: predicted):")
-    for name, row in zip(names, result["confusion_matrix"], strict=True):
+    for name, row in zip(names, result.confusion_matrix, strict=True):
         print(f"  {name:<{width}}  " + " ".join(f"{count:5d}" for count in row))
     return 0
 
@@ -489,7 +492,7 @@ def _data(args) -> int:
 
 
 def _bench(args) -> int:
-    from fmnist_alexnet.bench import bench
+    from fmnist_alexnet.bench.timing import bench
 
     overrides = _given(args, BENCH_FLAGS)
     result = bench(
@@ -503,51 +506,51 @@ def _bench(args) -> int:
         tensorboard=args.tensorboard,
     )
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_dict()))
         return 0
-    steps = f"{result['steps_per_window']} step{'s' * (result['steps_per_window'] != 1)}"
+    for line in _bench_lines(result):
+        print(line)
+    return 0
+
+
+def _bench_lines(r: Benchmark) -> list[str]:
+    steps = f"{r.steps_per_window} step{'s' * (r.steps_per_window != 1)}"
     windows = (
-        f"one window of {steps}"
-        if result["windows"] == 1
-        else f"median of {result['windows']} windows of {steps}"
+        f"one window of {steps}" if r.windows == 1 else f"median of {r.windows} windows of {steps}"
     )
-    print(
-        f"{result['device_name']}: {result['arch']}, {result['preset']} preset's step "
-        f"({result['optimizer']}), {result['precision']}, {result['image_size']} px, "
-        f"batch {result['batch_size']}, torch {result['torch']}, {windows}"
-    )
-    print(f"  train, our pipeline     {result['train_images_per_sec']:9.1f} img/s")
-    print(
-        f"  train, bare step loop   {result['bare_train_images_per_sec']:9.1f} img/s  "
-        f"(pipeline cost {100 * result['pipeline_cost']:.1f} %)"
-    )
-    if result["tensorboard_train_images_per_sec"] is not None:
-        print(
-            f"  train, with TensorBoard {result['tensorboard_train_images_per_sec']:9.1f} img/s  "
-            f"({result['tensorboard_ratio']:.3f}x the pipeline's; a point every "
-            f"{result['log_every']} steps)"
+    lines = [
+        f"{r.device_name}: {r.arch}, {r.preset} preset's step ({r.optimizer}), {r.precision}, "
+        f"{r.image_size} px, batch {r.batch_size}, torch {r.torch}, {windows}",
+        f"  train, our pipeline     {r.train_images_per_sec:9.1f} img/s",
+        f"  train, bare step loop   {r.bare_train_images_per_sec:9.1f} img/s  "
+        f"(pipeline cost {100 * r.pipeline_cost:.1f} %)",
+    ]
+    if r.tensorboard_train_images_per_sec is not None:
+        lines.append(
+            f"  train, with TensorBoard {r.tensorboard_train_images_per_sec:9.1f} img/s  "
+            f"({r.tensorboard_ratio:.3f}x the pipeline's; a point every {r.log_every} steps)"
         )
-    if result["baseline_train_images_per_sec"] is not None:
-        print(
-            f"  train, seed-style       {result['baseline_train_images_per_sec']:9.1f} img/s  "
-            f"(ours is {result['speedup_vs_baseline']:.2f}x)"
+    if r.baseline_train_images_per_sec is not None:
+        lines.append(
+            f"  train, seed-style       {r.baseline_train_images_per_sec:9.1f} img/s  "
+            f"(ours is {r.speedup_vs_baseline:.2f}x)"
         )
-    print(f"  evaluation              {result['eval_images_per_sec']:9.1f} img/s")
-    print(f"  peak memory             {result['peak_memory_mb']:9.0f} MB")
-    for phase, ms in result.get("profile_ms_per_step", {}).items():
-        print(f"  {phase:<22}  {ms:9.1f} ms/step")
-    if "profile_parts" in result:
-        print(
-            f"  by kind of work (profiled; a {result['gemm_size']} GEMM runs at "
-            f"{result['gemm_gflops']:.0f} GFLOP/s here):"
+    lines.append(f"  evaluation              {r.eval_images_per_sec:9.1f} img/s")
+    lines.append(f"  peak memory             {r.peak_memory_mb:9.0f} MB")
+    for phase, ms in (r.profile_ms_per_step or {}).items():
+        lines.append(f"  {phase:<22}  {ms:9.1f} ms/step")
+    if r.profile_parts is not None:
+        lines.append(
+            f"  by kind of work (profiled; a {r.gemm_size} GEMM runs at "
+            f"{r.gemm_gflops:.0f} GFLOP/s here):"
         )
-        for row in result["profile_parts"]:
+        for row in r.profile_parts:
             rate = f"{row['gflops']:7.0f} GFLOP/s" if row["gflops"] else ""
-            print(
+            lines.append(
                 f"    {row['part']:<36} {row['ms_per_step']:8.1f} ms/step "
                 f"{row['share']:6.1%}  {rate}".rstrip()
             )
-    return 0
+    return lines
 
 
 def _report(args) -> int:
@@ -559,7 +562,7 @@ def _report(args) -> int:
 
 
 def _predict(args) -> int:
-    from fmnist_alexnet.predict import predict_images
+    from fmnist_alexnet.infer.predict import predict_images
 
     model, _ = load_classifier(args.model, args.engine, args.device, args.precision)
     results = predict_images(
@@ -568,33 +571,32 @@ def _predict(args) -> int:
     if not results:
         raise FmnistError("no image files found in " + " ".join(args.paths))
     if args.json:
-        print(json.dumps(results, indent=1))
+        print(json.dumps([result.to_dict() for result in results], indent=1))
     elif args.csv:
         _write_csv(results, sys.stdout)
     else:
-        for row in results:
-            if "error" in row:
-                print(f"{row['path']}: error: {row['error']}", file=sys.stderr)
+        for result in results:
+            if result.error is not None:
+                print(f"{result.path}: error: {result.error}", file=sys.stderr)
                 continue
-            tops = ", ".join(f"{t['class']} {t['prob']:.3f}" for t in row["top"])
-            print(f"{row['path']}: {tops}")
-    return 1 if any("error" in row for row in results) else 0
+            tops = ", ".join(f"{score.class_name} {score.prob:.3f}" for score in result.top)
+            print(f"{result.path}: {tops}")
+    return 1 if any(result.error is not None for result in results) else 0
 
 
-def _write_csv(results: list[dict], stream) -> None:
+def _write_csv(results: list[Prediction], stream: TextIO) -> None:
     writer = csv.writer(stream, lineterminator="\n")
     writer.writerow(["path", "rank", "label", "class", "prob", "error"])
-    for row in results:
-        for rank, top in enumerate(row.get("top", []), 1):
-            writer.writerow(
-                [row["path"], rank, top["label"], top["class"], f"{top['prob']:.6f}", ""]
-            )
-        if "error" in row:
-            writer.writerow([row["path"], "", "", "", "", row["error"]])
+    for result in results:
+        for rank, score in enumerate(result.top, 1):
+            row = [result.path, rank, score.label, score.class_name, f"{score.prob:.6f}", ""]
+            writer.writerow(row)
+        if result.error is not None:
+            writer.writerow([result.path, "", "", "", "", result.error])
 
 
 def _export(args) -> int:
-    from fmnist_alexnet.export import export
+    from fmnist_alexnet.infer.export import export
 
     result = export(args.checkpoint, fmt=args.format, out=args.out, data_dir=args.data_dir)
     print(
@@ -640,8 +642,8 @@ def _serve(args) -> int:
 def _tune(args) -> int:
     from pathlib import Path
 
-    from fmnist_alexnet.tune import TuneSettings, tune
-    from fmnist_alexnet.tune_space import DEFAULT_SPACE, read_space
+    from fmnist_alexnet.tune.space import DEFAULT_SPACE, read_space
+    from fmnist_alexnet.tune.study import TuneSettings, tune
 
     names = [f.name for f in dataclasses.fields(TrainConfig) if f.name not in ("out", "preset")]
     fixed = _given(args, names)

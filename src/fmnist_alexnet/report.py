@@ -12,7 +12,6 @@ from fmnist_alexnet.atomic import atomic_write_text
 from fmnist_alexnet.checkpoint import LoadedModel, load_model
 from fmnist_alexnet.data.sources import find_data, is_published, load_split
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.evaluate import per_class_accuracy
 from fmnist_alexnet.figures import (
     confusion_figure,
     curves_figure,
@@ -21,9 +20,10 @@ from fmnist_alexnet.figures import (
     samples_figure,
     save_figure,
 )
+from fmnist_alexnet.infer.evaluate import per_class_accuracy
 from fmnist_alexnet.model import count_parameters
 from fmnist_alexnet.recipe import NOT_RECIPE, reproduce_command
-from fmnist_alexnet.rundir import RunDir
+from fmnist_alexnet.train.rundir import RunDir
 
 
 def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
@@ -79,7 +79,6 @@ def model_card(
         chosen = "the last epoch: the run held out no validation split"
     else:
         chosen = f"chosen by validation accuracy {loaded.best_val_acc:.4f}"
-    recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE | {"runtime"}}
     lines = [
         f"# Model card: {spec.arch} on Fashion-MNIST ({run_path.name})",
         "",
@@ -99,6 +98,27 @@ def model_card(
         f"- Training on {_count(runtime.get('train_images'))} images; "
         f"{_validation(runtime.get('val_images'), loaded.config.split_seed)}; test on {n:,}.",
         "",
+        *_recipe_lines(config),
+        "## Results",
+        "| class | test accuracy |",
+        "| --- | --- |",
+        *(f"| {name} | {acc:.4f} |" for name, acc in per_class.items()),
+        "",
+        *_figure_lines(),
+        "## Hardware and time",
+        f"- Device {runtime.get('device', '?')} ({runtime.get('device_name', 'unknown')}), "
+        f"{runtime.get('precision', '?')}, torch {runtime.get('torch', '?')}, "
+        f"{runtime.get('world_size', 1)} process(es).",
+        _time_line(history, runtime),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _recipe_lines(config: dict) -> list[str]:
+    """The run's settings as JSON, and the command that trains it again."""
+    recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE | {"runtime"}}
+    return [
         "## Recipe",
         "```json",
         json.dumps(recipe, indent=2),
@@ -109,27 +129,20 @@ def model_card(
         reproduce_command(config),
         "```",
         "",
-        "## Results",
-        "| class | test accuracy |",
-        "| --- | --- |",
-        *(f"| {name} | {acc:.4f} |" for name, acc in per_class.items()),
-        "",
-        "![training curves](curves.png)",
-        "",
-        "![confusion matrix](confusion_matrix.png)",
-        "",
-        "![test samples](samples.png)",
-        "",
-        "![most confident mistakes](mistakes.png)",
-        "",
-        "## Hardware and time",
-        f"- Device {runtime.get('device', '?')} ({runtime.get('device_name', 'unknown')}), "
-        f"{runtime.get('precision', '?')}, torch {runtime.get('torch', '?')}, "
-        f"{runtime.get('world_size', 1)} process(es).",
-        _time_line(history, runtime),
-        "",
     ]
-    return "\n".join(lines)
+
+
+def _figure_lines() -> list[str]:
+    """The pictures ``write_report`` draws beside the card."""
+    lines = []
+    for alt, name in (
+        ("training curves", "curves"),
+        ("confusion matrix", "confusion_matrix"),
+        ("test samples", "samples"),
+        ("most confident mistakes", "mistakes"),
+    ):
+        lines += [f"![{alt}]({name}.png)", ""]
+    return lines
 
 
 # What the card says of the training run's files (config.json's runtime.data_published;

@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from fmnist_alexnet.predict import Classifier, ImageError, prepare_image, top_classes
+from fmnist_alexnet.infer.predict import Classifier, ImageError, prepare_image, top_classes
 from fmnist_alexnet.serve.batcher import MicroBatcher
 from fmnist_alexnet.serve.limits import BodyLimit
 from fmnist_alexnet.serve.metrics import ServeMetrics
@@ -174,7 +174,7 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
         if good:
             logits = await service.batcher.logits(np.stack([prepared[i] for i in good]))
             for i, top in zip(good, top_classes(logits, service.names, top_k), strict=True):
-                results[i]["top"] = top
+                results[i]["top"] = [score.to_dict() for score in top]
                 if preview:
                     results[i]["image"] = _png_data_url(prepared[i])
         return {"results": results}

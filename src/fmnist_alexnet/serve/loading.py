@@ -8,8 +8,8 @@ from pathlib import Path
 
 from fmnist_alexnet import __version__
 from fmnist_alexnet.checkpoint import model_file
-from fmnist_alexnet.engines import load_classifier
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.engines import load_classifier
 from fmnist_alexnet.model import count_parameters
 
 

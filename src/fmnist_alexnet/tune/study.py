@@ -19,7 +19,7 @@ from pathlib import Path
 
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.tune_space import DEFAULT_SPACE, trial_config
+from fmnist_alexnet.tune.space import DEFAULT_SPACE, trial_config
 
 
 @dataclass
@@ -69,7 +69,7 @@ def tune(
             timeout=settings.timeout,
             callbacks=[lambda study, trial: log(_trial_line(trial))],
         )
-    from fmnist_alexnet.tune_report import write_tune_report
+    from fmnist_alexnet.tune.report import write_tune_report
 
     return write_tune_report(study, preset, fixed, settings, time.perf_counter() - started, log)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -28,6 +30,33 @@ WORK_SIDE = 2048  # larger images are box-averaged to this before any float copy
 
 class ImageError(FmnistError):
     """One file could not be turned into an input; the others still are."""
+
+
+@dataclass(frozen=True)
+class ClassScore:
+    """One of an image's top classes: its index, its name and the softmax probability."""
+
+    label: int
+    class_name: str
+    prob: float
+
+    def to_dict(self) -> dict:
+        return {"label": self.label, "class": self.class_name, "prob": self.prob}
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's top classes, best first, or why it could not be read (``error``)."""
+
+    path: str
+    top: list[ClassScore] = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        """``predict --json``'s object: ``path`` with ``top`` or with ``error``."""
+        if self.error is not None:
+            return {"path": self.path, "error": self.error}
+        return {"path": self.path, "top": [score.to_dict() for score in self.top]}
 
 
 class Classifier(Protocol):
@@ -66,12 +95,12 @@ def prepare_image(source, invert: str = "auto", name: str | None = None) -> np.n
     return np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
 
 
-def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[dict]]:
-    """Per row of logits, the ``top_k`` classes as ``{"label", "class", "prob"}``."""
+def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[ClassScore]]:
+    """Per row of logits, the ``top_k`` classes, best first."""
     top = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
     return [
         [
-            {"label": int(label), "class": class_names[int(label)], "prob": float(value)}
+            ClassScore(int(label), class_names[int(label)], float(value))
             for value, label in zip(values, labels, strict=True)
         ]
         for values, labels in zip(top.values, top.indices, strict=True)
@@ -79,29 +108,34 @@ def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[dict
 
 
 def predict_images(
-    model: Classifier, paths, *, top_k: int = 3, invert: str = "auto", batch_size: int = 64
-) -> list[dict]:
-    """Per file, ``{"path", "top": [{"label", "class", "prob"}, ...]}`` or ``{"path", "error"}``,
-    in the order of ``paths``; files are prepared, then run through ``model`` in batches."""
+    model: Classifier,
+    paths: Iterable[str | Path],
+    *,
+    top_k: int = 3,
+    invert: str = "auto",
+    batch_size: int = 64,
+) -> list[Prediction]:
+    """A :class:`Prediction` per file (its top classes, or its error), in the order of
+    ``paths``; files are prepared, then run through ``model`` in batches."""
     names = model.spec.class_names
     if not 1 <= top_k <= len(names):
         raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
     if batch_size < 1:
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
-    results: list[dict] = []
+    results: list[Prediction] = []
     ready: list[tuple[int, np.ndarray]] = []
     for path in find_images(paths):
         try:
             ready.append((len(results), prepare_image(path, invert)))
-            results.append({"path": str(path)})
+            results.append(Prediction(str(path)))
         except ImageError as exc:
-            results.append({"path": str(path), "error": str(exc)})
+            results.append(Prediction(str(path), error=str(exc)))
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
         tops = top_classes(model.logits(images), names, top_k)
         for (index, _), top in zip(chunk, tops, strict=True):
-            results[index]["top"] = top
+            results[index] = Prediction(results[index].path, top)
     return results
 
 

@@ -35,11 +35,11 @@ from fmnist_alexnet.checkpoint import Checkpoint
 from fmnist_alexnet.config import TrainConfig, budget_sizes, epoch_size, replace
 from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.optim import steps_ignoring_total
-from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
-from fmnist_alexnet.step import build_train_step
+from fmnist_alexnet.train.optim import steps_ignoring_total
+from fmnist_alexnet.train.progress import Progress
+from fmnist_alexnet.train.step import build_train_step
 
 # Plan to use this share of the budget: later epochs on a shared machine can run slower than
 # the first one the plan is scaled by (docs/training.md#time-budget).

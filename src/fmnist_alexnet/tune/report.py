@@ -10,7 +10,7 @@ from pathlib import Path
 
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
 from fmnist_alexnet.recipe import recipe_of, reproduce_command, write_recipe
-from fmnist_alexnet.tune_space import trial_config
+from fmnist_alexnet.tune.space import trial_config
 
 
 def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float, log) -> dict:
@@ -30,7 +30,7 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
         recipe = {k: v for k, v in recipe_of(config).items() if k not in ("progress",)}
         header = (
             f"fmnist-alexnet tune: study {study.study_name!r}, trial {best.number}\n"
-            f"validation accuracy {best.value:.4f}; test accuracy {test['accuracy']:.4f} "
+            f"validation accuracy {best.value:.4f}; test accuracy {test.accuracy:.4f} "
             f"(evaluated once, on this trial only)\n"
             f"rerun: fmnist-alexnet train --config {out / 'best_recipe.toml'}"
         )
@@ -38,8 +38,8 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
         summary["best"] = {
             "trial": best.number,
             "val_acc": best.value,
-            "test_acc": test["accuracy"],
-            "test_n": test["n"],
+            "test_acc": test.accuracy,
+            "test_n": test.n,
             "params": best.params,
             "run": best.user_attrs["out"],
             "command": reproduce_command(config.to_dict()),
@@ -52,7 +52,7 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
 
 def _test_once(run_dir: Path, config) -> dict:
     """The official test set (its first ``--limit-eval`` images if the trials had one)."""
-    from fmnist_alexnet.evaluate import evaluate_checkpoint
+    from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
 
     return evaluate_checkpoint(
         run_dir / "checkpoints" / "best.pt",

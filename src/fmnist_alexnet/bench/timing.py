@@ -9,7 +9,7 @@
 - ``bare``: the same step on random inputs already on the device, the upper bound the
   pipeline is measured against;
 - ``profile``: each phase's milliseconds (data, forward, backward, optimizer) and, on the
-  CPU, each kind of work's share and GFLOP/s (:mod:`fmnist_alexnet.step_parts`);
+  CPU, each kind of work's share and GFLOP/s (:mod:`fmnist_alexnet.bench.step_parts`);
 - ``baseline``: the ``seed`` preset's step in fp32 without channels_last, fed the way the seed
   notebook feeds it: a Dataset returning per-sample PIL-resized tensors through a DataLoader
   with worker processes.
@@ -27,17 +27,18 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from fmnist_alexnet import runtime
+from fmnist_alexnet.bench.step_parts import GEMM_SIZE, gemm_gflops, step_parts
 from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.data.batches import eval_batches
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.monitor import StepMonitor
-from fmnist_alexnet.progress import Progress
 from fmnist_alexnet.runtime import (
     Distributed,
     configure_backends,
@@ -46,10 +47,11 @@ from fmnist_alexnet.runtime import (
     synchronize,
 )
 from fmnist_alexnet.spec import ModelSpec
-from fmnist_alexnet.step import TrainStep, build_train_step
-from fmnist_alexnet.step_parts import GEMM_SIZE, gemm_gflops, step_parts
-from fmnist_alexnet.tracking import TensorBoardTracker, Tracker, tensorboard_installed
-from fmnist_alexnet.train import epoch_batches, load_data
+from fmnist_alexnet.train.data import epoch_batches, load_data
+from fmnist_alexnet.train.monitor import StepMonitor
+from fmnist_alexnet.train.progress import Progress
+from fmnist_alexnet.train.step import TrainStep, build_train_step
+from fmnist_alexnet.train.tracking import TensorBoardTracker, Tracker, tensorboard_installed
 
 
 class SeedStyleDataset(torch.utils.data.Dataset):
@@ -70,6 +72,52 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         return tensor, int(self.labels[index])
 
 
+@dataclass
+class Benchmark:
+    """What ``bench`` measured and on what: images/s of each way of training, evaluation's,
+    peak memory; with ``profile``, each phase's and each kind of work's share of a step."""
+
+    preset: str
+    optimizer: str
+    device: str
+    device_name: str
+    precision: str
+    channels_last: bool
+    compile: bool
+    arch: str
+    image_size: int
+    batch_size: int
+    steps_per_window: int
+    windows: int
+    train_images_per_sec: float
+    bare_train_images_per_sec: float
+    pipeline_cost: float
+    tensorboard_train_images_per_sec: float | None
+    tensorboard_ratio: float | None
+    log_every: int
+    baseline_train_images_per_sec: float | None
+    speedup_vs_baseline: float | None
+    baseline_workers: int | None
+    eval_images_per_sec: float
+    train_images_per_sec_by_window: dict[str, list[float]]
+    peak_memory_mb: float
+    torch: str
+    cuda: str | None
+    threads: int
+    profile_ms_per_step: dict[str, float] | None = None
+    profile_parts: list[dict] | None = None  # on the CPU only
+    gemm_size: int | None = None
+    gemm_gflops: float | None = None
+
+    def to_dict(self) -> dict:
+        """``bench --json``'s object (the profile's keys only when profiled)."""
+        values = asdict(self)
+        for name in ("profile_ms_per_step", "profile_parts", "gemm_size", "gemm_gflops"):
+            if values[name] is None:
+                del values[name]
+        return values
+
+
 def bench(
     config: TrainConfig,
     *,
@@ -80,15 +128,9 @@ def bench(
     baseline_workers: int = 4,
     profile: bool = False,
     tensorboard: bool = False,
-) -> dict:
+) -> Benchmark:
     """Images/s of ``config``'s training step, its bare step and the seed-style baseline."""
-    for name, value in (("--steps", steps), ("--windows", windows)):
-        if value <= 0:
-            raise FmnistError(f"{name} must be > 0, got {value}")
-    if warmup < 0 or baseline_workers < 0:
-        raise FmnistError("--warmup and --baseline-workers must be >= 0")
-    if tensorboard and not tensorboard_installed():
-        raise FmnistError("--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first")
+    _check(steps, windows, warmup, baseline_workers, tensorboard)
     device = resolve_device(config.device)
     precision = resolve_precision(config.precision, device)
     configure_backends(device, config.precision)
@@ -96,29 +138,58 @@ def bench(
     spec = ModelSpec.from_config(config)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-
     ours = build_train_step(config, device, precision, data.steps_per_epoch)
-    size, batch_size = config.image_size, config.batch_size
     bare_inputs, bare_labels = random_batch(config, spec, device)
     batches = _forever(lambda epoch: epoch_batches(data.train, config, spec, epoch))
     runners: dict[str, Runner] = {
         "pipeline": _loop_runner(ours, batches, Tracker(), config.log_every),
         "bare": Runner(lambda: ours(bare_inputs, bare_labels)),
     }
-    with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as events:
-        if tensorboard:
-            tracker = TensorBoardTracker(Path(events))
-            runners["tensorboard"] = _loop_runner(ours, batches, tracker, config.log_every)
-        if baseline:
+    with _tensorboard_runner(tensorboard, runners, ours, batches, config.log_every):
+        if baseline:  # after the TensorBoard runner: runners take turns in this order
             runners["baseline"] = _seed_style_runner(config, device, data, baseline_workers)
-        windows_rates = window_rates(runners, batch_size * steps, steps, windows, warmup, device)
-        if tensorboard:
-            tracker.close()
-    rates = {name: statistics.median(values) for name, values in windows_rates.items()}
+        by_window = window_rates(runners, config.batch_size * steps, steps, windows, warmup, device)
+    rates = {name: statistics.median(values) for name, values in by_window.items()}
+    eval_data = data.train.head(min(len(data.train), config.batch_size * steps))
+    result = Benchmark(
+        **_what_ran(config, device, precision, steps, windows),
+        train_images_per_sec=rates["pipeline"],
+        bare_train_images_per_sec=rates["bare"],
+        pipeline_cost=1.0 - rates["pipeline"] / rates["bare"],
+        tensorboard_train_images_per_sec=rates.get("tensorboard"),
+        tensorboard_ratio=rates["tensorboard"] / rates["pipeline"] if tensorboard else None,
+        log_every=config.log_every,
+        baseline_train_images_per_sec=rates.get("baseline"),
+        speedup_vs_baseline=rates["pipeline"] / rates["baseline"] if baseline else None,
+        baseline_workers=baseline_workers if baseline else None,
+        eval_images_per_sec=_eval_rate(ours, eval_data, spec, config, windows, device),
+        train_images_per_sec_by_window=by_window,
+        peak_memory_mb=_peak_memory_mb(device),
+        torch=torch.__version__,
+        cuda=torch.version.cuda,
+        threads=torch.get_num_threads(),
+    )
+    if profile:
+        result.profile_ms_per_step = _profile(ours, batches, steps, device)
+        if device.type == "cpu":  # the profiler's kernel names are the CPU's
+            result.profile_parts = step_parts(ours, bare_inputs, bare_labels, steps)
+            result.gemm_size = GEMM_SIZE
+            result.gemm_gflops = gemm_gflops(precision, GEMM_SIZE)
+    return result
 
-    eval_data = data.train.head(min(len(data.train), batch_size * steps))
-    eval_rate = _eval_rate(ours, eval_data, spec, config, windows, device)
-    result = {
+
+def _check(steps: int, windows: int, warmup: int, workers: int, tensorboard: bool) -> None:
+    for name, value in (("--steps", steps), ("--windows", windows)):
+        if value <= 0:
+            raise FmnistError(f"{name} must be > 0, got {value}")
+    if warmup < 0 or workers < 0:
+        raise FmnistError("--warmup and --baseline-workers must be >= 0")
+    if tensorboard and not tensorboard_installed():
+        raise FmnistError("--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first")
+
+
+def _what_ran(config: TrainConfig, device, precision: str, steps: int, windows: int) -> dict:
+    return {
         "preset": config.preset,
         "optimizer": config.optimizer,
         "device": str(device),
@@ -127,33 +198,27 @@ def bench(
         "channels_last": config.channels_last,
         "compile": config.compile,
         "arch": config.arch,
-        "image_size": size,
-        "batch_size": batch_size,
+        "image_size": config.image_size,
+        "batch_size": config.batch_size,
         "steps_per_window": steps,
         "windows": windows,
-        "train_images_per_sec": rates["pipeline"],
-        "bare_train_images_per_sec": rates["bare"],
-        "pipeline_cost": 1.0 - rates["pipeline"] / rates["bare"],
-        "tensorboard_train_images_per_sec": rates.get("tensorboard"),
-        "tensorboard_ratio": rates["tensorboard"] / rates["pipeline"] if tensorboard else None,
-        "log_every": config.log_every,
-        "baseline_train_images_per_sec": rates.get("baseline"),
-        "speedup_vs_baseline": rates["pipeline"] / rates["baseline"] if baseline else None,
-        "baseline_workers": baseline_workers if baseline else None,
-        "eval_images_per_sec": eval_rate,
-        "train_images_per_sec_by_window": windows_rates,
-        "peak_memory_mb": _peak_memory_mb(device),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda,
-        "threads": torch.get_num_threads(),
     }
-    if profile:
-        result["profile_ms_per_step"] = _profile(ours, batches, steps, device)
-        if device.type == "cpu":  # the profiler's kernel names are the CPU's
-            result["profile_parts"] = step_parts(ours, bare_inputs, bare_labels, steps)
-            result["gemm_size"] = GEMM_SIZE
-            result["gemm_gflops"] = gemm_gflops(precision, GEMM_SIZE)
-    return result
+
+
+@contextmanager
+def _tensorboard_runner(wanted: bool, runners: dict, step, batches, log_every: int):
+    """With ``wanted``, a runner that also writes TensorBoard points (to a folder removed
+    after), timed with the others."""
+    if not wanted:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="bench-tensorboard-") as events:
+        tracker = TensorBoardTracker(Path(events))
+        runners["tensorboard"] = _loop_runner(step, batches, tracker, log_every)
+        try:
+            yield
+        finally:
+            tracker.close()
 
 
 def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _LoaderRunner:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from contextlib import AbstractContextManager
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -17,6 +19,40 @@ from fmnist_alexnet.runtime import Distributed, autocast
 TTA_CHOICES = ("none", "flip")
 
 
+@dataclass(frozen=True)
+class Metrics:
+    """Loss, accuracy and confusion matrix (rows: true class) over ``n`` images."""
+
+    n: int
+    loss: float
+    accuracy: float
+    confusion_matrix: list[list[int]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """A checkpoint evaluated on a split: what ``evaluate`` prints."""
+
+    split: str
+    tta: str
+    n: int
+    accuracy: float
+    loss: float
+    per_class: dict[str, float]
+    confusion_matrix: list[list[int]]
+    data_published: bool  # the files are the published Fashion-MNIST (by SHA-256)
+    data_directory: str
+
+    def to_dict(self) -> dict:
+        """``evaluate --json``'s object."""
+        values = asdict(self)
+        del values["data_directory"]
+        return values
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -29,7 +65,7 @@ def evaluate(
     channels_last: bool = False,
     dist: Distributed | None = None,
     tta: str = "none",
-) -> dict:
+) -> Metrics:
     """Loss, accuracy and confusion matrix over all of ``data`` (summed across ranks).
 
     ``tta="flip"`` scores each image by the mean of the softmax over it and over its
@@ -63,12 +99,12 @@ def evaluate(
     model.train(was_training)
     confusion = confusion.view(num_classes, num_classes).cpu()
     n = int(confusion.sum())
-    return {
-        "n": n,
-        "loss": float(loss_sum) / max(n, 1),
-        "accuracy": float(confusion.diagonal().sum()) / max(n, 1),
-        "confusion_matrix": confusion.tolist(),
-    }
+    return Metrics(
+        n=n,
+        loss=float(loss_sum) / max(n, 1),
+        accuracy=float(confusion.diagonal().sum()) / max(n, 1),
+        confusion_matrix=confusion.tolist(),
+    )
 
 
 def per_class_accuracy(confusion: list[list[int]], class_names) -> dict[str, float]:
@@ -79,16 +115,16 @@ def per_class_accuracy(confusion: list[list[int]], class_names) -> dict[str, flo
 
 
 def evaluate_checkpoint(
-    path,
+    path: str | Path,
     *,
     split: str = "test",
-    data_dir=None,
+    data_dir: str | None = None,
     device: str = "auto",
     batch_size: int = 500,
     precision: str = "auto",
     tta: str = "none",
     limit: int = 0,
-) -> dict:
+) -> Evaluation:
     """Evaluate a checkpoint on the test set or on the validation split it was selected on
     (its first ``limit`` images when given, as ``--limit-eval`` does in training).
 
@@ -120,14 +156,14 @@ def evaluate_checkpoint(
         channels_last=True,
         tta=tta,
     )
-    return {
-        "split": split,
-        "tta": tta,
-        "n": result["n"],
-        "accuracy": result["accuracy"],
-        "loss": result["loss"],
-        "per_class": per_class_accuracy(result["confusion_matrix"], loaded.spec.class_names),
-        "confusion_matrix": result["confusion_matrix"],
-        "data_published": is_published(source),
-        "data_directory": str(source.directory),
-    }
+    return Evaluation(
+        split=split,
+        tta=tta,
+        n=result.n,
+        accuracy=result.accuracy,
+        loss=result.loss,
+        per_class=per_class_accuracy(result.confusion_matrix, loaded.spec.class_names),
+        confusion_matrix=result.confusion_matrix,
+        data_published=is_published(source),
+        data_directory=str(source.directory),
+    )

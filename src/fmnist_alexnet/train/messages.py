@@ -112,9 +112,7 @@ def epoch_line(row: dict, epochs: int) -> str:
 
 def summary_line(result) -> str:
     test = result.test
-    scored = (
-        f"test accuracy {test['accuracy']:.4f} on {test['n']} images " if test else "not tested "
-    )
+    scored = f"test accuracy {test.accuracy:.4f} on {test.n} images " if test else "not tested "
     stopped = f" | {result.stopped}" if result.stopped else ""
     return (
         f"{scored}(best.pt from epoch {result.best_epoch}) | wall {result.wall_s:.1f} s | "

@@ -13,11 +13,11 @@ from torch.nn.parallel import DistributedDataParallel
 
 from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.config import TrainConfig
-from fmnist_alexnet.ema import WeightEma
 from fmnist_alexnet.model import initialize
-from fmnist_alexnet.optim import apply_resumed_settings, build_optimizer, build_scheduler
 from fmnist_alexnet.runtime import Distributed, autocast
 from fmnist_alexnet.spec import ModelSpec
+from fmnist_alexnet.train.ema import WeightEma
+from fmnist_alexnet.train.optim import apply_resumed_settings, build_optimizer, build_scheduler
 
 
 @dataclass

@@ -22,7 +22,7 @@ def load_classifier(path, engine: str = "auto", device: str = "auto", precision:
     in float32 whatever ``device`` and ``precision`` say."""
     engine = pick_engine(path, engine)
     if engine == "onnx":
-        from fmnist_alexnet.export import OnnxModel
+        from fmnist_alexnet.infer.export import OnnxModel
 
         return OnnxModel.load(path), engine
     return load_model(path, device, precision), engine

@@ -138,6 +138,16 @@ class RunDir:
         path.unlink(missing_ok=True)
         return seconds
 
+    def holds_checkpoint(self, name: str) -> bool:
+        return (self.checkpoints / name).is_file()
+
+    def repair_best(self, epoch: int, best_epoch: int) -> None:
+        """A run resumed from ``last.pt`` of ``epoch``, whose best epoch is that one: a kill
+        between writing ``last.pt`` and copying it to ``best.pt`` left ``best.pt`` one epoch
+        behind, so the copy is made again."""
+        if best_epoch == epoch and epoch > 0:
+            self.copy_checkpoint("last.pt", "best.pt")
+
     def copy_checkpoint(self, source: str, target: str) -> None:
         if not self.enabled:
             return

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fmnist_alexnet.runtime import Distributed
-from fmnist_alexnet.tracking import Tracker
+from fmnist_alexnet.train.tracking import Tracker
 
 
 class NonFinite(Exception):

@@ -63,20 +63,19 @@ class Progress:
         self.epoch += 1
         return {"train_loss": loss_sum / max(n, 1), "train_acc": correct / max(n, 1)}
 
-    def update_best(self, val: dict | None) -> bool:
-        """Select on validation accuracy; with no validation split the last epoch is best."""
-        accuracy = val["accuracy"] if val else None
+    def update_best(self, accuracy: float | None) -> bool:
+        """Select on validation accuracy; with no validation split (None) the last epoch is
+        best."""
         if accuracy is None or self.best_val_acc is None or accuracy > self.best_val_acc:
             self.best_val_acc, self.best_epoch = accuracy, self.epoch
             return True
         return False
 
-    def update_plateau(self, val: dict | None, min_delta: float) -> None:
+    def update_plateau(self, accuracy: float | None, min_delta: float) -> None:
         """Count epochs whose validation accuracy does not beat the best by ``min_delta``
-        (Lightning's EarlyStopping rule)."""
-        if val is None:
+        (Lightning's EarlyStopping rule); none without a validation split."""
+        if accuracy is None:
             return
-        accuracy = val["accuracy"]
         if self.plateau_best is None or accuracy > self.plateau_best + min_delta:
             self.plateau_best, self.stale_epochs = accuracy, 0
         else:
