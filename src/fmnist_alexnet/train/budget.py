@@ -37,6 +37,7 @@ from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
+from fmnist_alexnet.train.data import epoch_batches
 from fmnist_alexnet.train.optim import steps_ignoring_total
 from fmnist_alexnet.train.progress import Progress
 from fmnist_alexnet.train.step import build_train_step
@@ -233,22 +234,18 @@ def plan_budget(
     data,
     dist: Distributed,
     started: float,
-    epoch_batches: Callable,
     save: Callable[[Checkpoint], float],
 ) -> tuple[TrainConfig, BudgetPlan]:
     """Probe this machine's speed and return ``config`` with the epochs that fit (and, with
-    ``--budget-sizes``, the resolution chosen). ``epoch_batches(data, config, spec, epoch,
-    dist=dist)`` yields training's own batches; ``save(checkpoint)`` writes one as each
-    epoch will and returns the seconds it took."""
+    ``--budget-sizes``, the resolution chosen), timed on training's own batches.
+    ``save(checkpoint)`` writes one as each epoch will and returns the seconds it took."""
     evaluated = data.val if len(data.val) else data.train
     sizes = budget_sizes(config) or [config.image_size]
     plans: dict[int, BudgetPlan | None] = {}
     save_s = None
     for size in sizes:  # smallest first: stop at the first size too slow to choose
         sized = replace(config, {"image_size": size})
-        speeds = probe(
-            sized, device, precision, data.train, evaluated, dist, epoch_batches, save, save_s
-        )
+        speeds = probe(sized, device, precision, data.train, evaluated, dist, save, save_s)
         save_s = speeds.save_s
         gc.collect()  # the probe's model and optimizer go before the next ones are built
         if device.type == "cuda":
@@ -297,7 +294,6 @@ def probe(
     train: DeviceData,
     evaluated: DeviceData,
     dist: Distributed,
-    epoch_batches: Callable,
     save: Callable[[Checkpoint], float],
     save_s: float | None = None,
 ) -> Speeds:

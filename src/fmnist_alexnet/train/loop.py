@@ -130,8 +130,8 @@ class Trainer:
         self.dist, self.log, self.progress, self.budget = dist, log, progress, budget
         self.spec = ModelSpec.from_config(config)
         self.runtime: dict[str, Any] = {}  # config.json's "runtime"
-        self.tracker: Tracker = Tracker()
-        self.monitor = StepMonitor(self.tracker, config.log_every, dist)
+        self.tracker: Tracker  # both opened by start(), once the run's opening lines are out
+        self.monitor: StepMonitor
         self.saved_epoch: int | None = None  # the epoch last.pt holds, when it holds this run's
 
     def start(self, device: torch.device, precision: str, resume: ckpt.Checkpoint | None) -> None:

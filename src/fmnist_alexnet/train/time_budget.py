@@ -11,7 +11,7 @@ import torch
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.runtime import Distributed
 from fmnist_alexnet.train.budget import BudgetPlan, plan_budget, replan, replan_late, replan_step
-from fmnist_alexnet.train.data import RunData, epoch_batches
+from fmnist_alexnet.train.data import RunData
 from fmnist_alexnet.train.messages import (
     budget_line,
     few_epochs_line,
@@ -47,9 +47,7 @@ class TimeBudget:
         run: RunDir,
     ) -> tuple[TrainConfig, TimeBudget]:
         """Probe this machine; ``config`` with the epochs (and size) that fit, and the budget."""
-        config, plan = plan_budget(
-            config, device, precision, data, dist, started, epoch_batches, run.time_save
-        )
+        config, plan = plan_budget(config, device, precision, data, dist, started, run.time_save)
         return config, cls(plan, config, data.steps_per_epoch)
 
     def start_lines(self, config: TrainConfig) -> list[str]:
