@@ -53,9 +53,11 @@ bench: setup
 test: setup browser lint
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
+# ruff on everything; mypy --strict on the package (its settings are in pyproject.toml).
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -6,11 +6,12 @@ from __future__ import annotations
 import argparse
 import math
 import re
+from collections.abc import Callable
 
 INT_MAX = 2**31 - 1  # counts, sizes and seeds: anything larger is a typo, not a setting
 
 
-def integer(least: int = -INT_MAX - 1, most: int = INT_MAX):
+def integer(least: int = -INT_MAX - 1, most: int = INT_MAX) -> Callable[[str], int]:
     """A whole number in ``least..most`` (a 32-bit int unless narrowed)."""
 
     def parse(text: str) -> int:
@@ -29,7 +30,7 @@ def integer(least: int = -INT_MAX - 1, most: int = INT_MAX):
     return parse
 
 
-def number(least: float | None = None, above: float | None = None):
+def number(least: float | None = None, above: float | None = None) -> Callable[[str], float]:
     """A finite float, ``>= least`` or ``> above`` when given."""
 
     def parse(text: str) -> float:

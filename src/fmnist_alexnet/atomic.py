@@ -62,7 +62,7 @@ def atomic_link_or_copy(source: str | Path, target: str | Path) -> Path:
     return target
 
 
-def os_error_in(exc: BaseException) -> OSError | None:
+def os_error_in(exc: BaseException | None) -> OSError | None:
     """The OSError behind ``exc``: itself, or the one a library wrapped (torch's zip writer
     turns a failed write into a RuntimeError whose context is the OSError)."""
     seen = 0
@@ -80,7 +80,7 @@ def write_error(path: str | Path, exc: OSError, kept: str = "nothing was replace
         errno.ENOSPC: ": the disk is full",
         errno.EDQUOT: ": the disk quota is used up",
         errno.EFBIG: ": a file-size limit (ulimit -f) was reached",
-    }.get(exc.errno, "")
+    }.get(exc.errno or 0, "")
     return FmnistError(f"{path}: cannot write ({cause}{hint}); {kept}")
 
 
@@ -98,7 +98,10 @@ def remove_temp_files(folder: str | Path) -> list[Path]:
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda handle: handle.write(data))
+    def write(handle: BinaryIO) -> None:
+        handle.write(data)
+
+    return atomic_write(path, write)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -16,6 +16,12 @@ A checkpoint file is a dict written by ``torch.save`` and read with ``weights_on
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.train.ema import WeightEma
+    from fmnist_alexnet.train.progress import Progress
+
 import dataclasses
 import pickle
 import re
@@ -23,6 +29,7 @@ import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -49,16 +56,16 @@ class Checkpoint:
     best_epoch: int = 0
     best_val_acc: float | None = None
     elapsed_s: float = 0.0
-    optimizer: dict | None = None
-    scheduler: dict | None = None
+    optimizer: dict[str, Any] | None = None
+    scheduler: dict[str, Any] | None = None
     train_model: dict[str, torch.Tensor] | None = None
     ema_updates: int = 0
     epoch_sums: torch.Tensor | None = None  # loss*n, correct, n of the epoch in progress
-    rng: dict | None = None
+    rng: dict[str, Any] | None = None
     stale_epochs: int = 0
     plateau_best: float | None = None
 
-    def to_state(self) -> dict:
+    def to_state(self) -> dict[str, Any]:
         state = {
             "format_version": FORMAT_VERSION,
             "spec": self.spec.to_dict(),
@@ -70,7 +77,7 @@ class Checkpoint:
         return state
 
     @classmethod
-    def from_state(cls, state: dict, path: Path) -> Checkpoint:
+    def from_state(cls, state: dict[str, Any], path: Path) -> Checkpoint:
         if not isinstance(state, dict) or "model" not in state or "config" not in state:
             raise FmnistError(f"{path}: not an fmnist-alexnet checkpoint (no model/config)")
         version = state.get("format_version")
@@ -111,7 +118,7 @@ _STORED_AS_IS = tuple(
 )
 
 
-def _spec_of_format_1(config: dict) -> dict:
+def _spec_of_format_1(config: dict[str, Any]) -> dict[str, Any]:
     """Format 1 kept the contract in the config (and trained only 10-class models)."""
     return {"num_classes": 10, "precision": "auto", **config}
 
@@ -132,7 +139,7 @@ def model_file(path: str | Path) -> Path:
     return best
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> Checkpoint:
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
     path = Path(path)
     if not path.is_file():
         raise FmnistError(f"{path}: checkpoint not found")
@@ -197,7 +204,7 @@ def _refused_object(exc: BaseException, path: Path) -> str | None:
     return None
 
 
-def load_weights(model: nn.Module, weights: dict, path: str | Path, arch: str) -> None:
+def load_weights(model: nn.Module, weights: dict[str, Any], path: str | Path, arch: str) -> None:
     try:
         model.load_state_dict(weights)
     except RuntimeError:
@@ -207,7 +214,14 @@ def load_weights(model: nn.Module, weights: dict, path: str | Path, arch: str) -
         ) from None
 
 
-def capture(model, optimizer, scheduler, ema, config: TrainConfig, progress) -> Checkpoint:
+def capture(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: WeightEma | None,
+    config: TrainConfig,
+    progress: Progress,
+) -> Checkpoint:
     """Everything an exact resume needs. ``model`` holds the weights being trained; with EMA
     the average becomes ``model`` (what is evaluated) and they travel as ``train_model``."""
     return Checkpoint(
@@ -233,18 +247,28 @@ def capture(model, optimizer, scheduler, ema, config: TrainConfig, progress) -> 
     )
 
 
-def restore(checkpoint: Checkpoint, model, optimizer, scheduler, ema, device) -> None:
+def restore(
+    checkpoint: Checkpoint,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    ema: WeightEma | None,
+    device: torch.device,
+) -> None:
     """The inverse of :func:`capture` for the model, optimizer, schedule, EMA and RNG."""
     model.load_state_dict(checkpoint.train_model or checkpoint.model)
     if ema is not None:
         if checkpoint.train_model is None:
             raise FmnistError("--ema: the checkpoint to resume was trained without EMA")
         ema.load_state_dict(checkpoint.model, checkpoint.ema_updates)
+    if checkpoint.optimizer is None or checkpoint.scheduler is None:
+        raise FmnistError("the checkpoint holds weights only (no optimizer state) to resume from")
     optimizer.load_state_dict(checkpoint.optimizer)
     scheduler.load_state_dict(checkpoint.scheduler)
-    torch.set_rng_state(checkpoint.rng["torch"].cpu())
-    if checkpoint.rng["cuda"] and device.type == "cuda":
-        torch.cuda.set_rng_state_all([s.cpu() for s in checkpoint.rng["cuda"]])
+    rng = checkpoint.rng or {"torch": torch.get_rng_state(), "cuda": []}  # capture() sets it
+    torch.set_rng_state(rng["torch"].cpu())
+    if rng["cuda"] and device.type == "cuda":
+        torch.cuda.set_rng_state_all([s.cpu() for s in rng["cuda"]])
 
 
 @dataclass
@@ -266,10 +290,11 @@ class LoadedModel:
         """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
         inputs = self.preprocess(images.to(self.device), channels_last=True)
         with autocast(self.device, self.precision):
-            return self.model(inputs).float()
+            logits: torch.Tensor = self.model(inputs)
+            return logits.float()
 
 
-def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedModel:
+def load_model(path: str | Path, device: str = "auto", precision: str = "auto") -> LoadedModel:
     """A checkpoint (or a run folder's ``best.pt``) ready for inference, with the
     preprocessing it was trained with.
 
@@ -283,7 +308,8 @@ def load_model(path, device: str = "auto", precision: str = "auto") -> LoadedMod
     device_ = resolve_device(device)
     model = spec.build_model()
     load_weights(model, checkpoint.model, path, spec.arch)
-    model = model.to(device_).to(memory_format=torch.channels_last).eval()
+    model = model.to(device_).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    model.eval()
     precision = resolve_precision(spec.precision if precision == "auto" else precision, device_)
     return LoadedModel(
         model=model,

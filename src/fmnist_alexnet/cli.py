@@ -9,7 +9,9 @@ import json
 import os
 import platform
 import sys
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO
 
 import torch
 
@@ -56,16 +58,26 @@ BENCH_FLAGS = (
     "device",
     "data_dir",
 )
-_TYPES = {"int": integer(), "float": number(), "str": str, "str | None": str}
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": integer(),
+    "float": number(),
+    "str": str,
+    "str | None": str,
+}
 _FIELD_TYPES = {"time_budget": duration}  # a flag whose text is not a plain number
 
 
 class _Parser(argparse.ArgumentParser):
     """argparse whose errors are one line on stderr and exit status 2."""
 
-    def error(self, message: str):
+    def error(self, message: str) -> NoReturn:
         print(f"{PROG}: error: {message} (see {self.prog} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+
+if TYPE_CHECKING:
+    Commands = argparse._SubParsersAction[_Parser]  # what each command's parser is added to
+    Command = Callable[[argparse.Namespace], int]
 
 
 def preset_defaults(name: str) -> str:
@@ -76,13 +88,17 @@ def preset_defaults(name: str) -> str:
     return "default by preset: " + ", ".join(f"{p} {_shown(v)}" for p, v in values.items())
 
 
-def _shown(value) -> str:
+def _shown(value: object) -> str:
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value).replace("%", "%%")
 
 
-def add_train_flags(parser: argparse.ArgumentParser, names=None, groups=None) -> None:
+def add_train_flags(
+    parser: argparse.ArgumentParser,
+    names: Iterable[str] | None = None,
+    groups: dict[str, argparse._ArgumentGroup] | None = None,
+) -> None:
     """One flag per TrainConfig field (or per one of ``names``), its help text, group and
     metavar from the field's metadata. Each defaults to None: only flags given override the
     preset (or, with --resume, the checkpoint's config). ``groups`` (name -> argument
@@ -94,13 +110,13 @@ def add_train_flags(parser: argparse.ArgumentParser, names=None, groups=None) ->
         help_text = field.metadata["help"]
         if field.name not in ("data_dir", "out"):
             help_text += f" ({preset_defaults(field.name)})"
-        kwargs: dict = {"default": None, "help": help_text}
+        kwargs: dict[str, Any] = {"default": None, "help": help_text}
         if field.type == "bool":
             kwargs["action"] = argparse.BooleanOptionalAction
         elif field.name in CHOICES:
             kwargs["choices"] = CHOICES[field.name]
         else:
-            kwargs["type"] = _FIELD_TYPES.get(field.name, _TYPES[field.type])
+            kwargs["type"] = _FIELD_TYPES.get(field.name, _TYPES[str(field.type)])
             kwargs["metavar"] = field.metadata["metavar"]
         (groups or {}).get(field.metadata["group"], parser).add_argument(flag, **kwargs)
 
@@ -158,7 +174,7 @@ def version_line() -> str:
     return f"{PROG} {__version__} (torch {torch.__version__}, Python {platform.python_version()})"
 
 
-def _commands() -> dict:
+def _commands() -> dict[str, tuple[Callable[[Commands], None], Command]]:
     """Each subcommand: the function that adds its parser, the function that runs it."""
     return {
         "train": (_add_train, _train),
@@ -173,14 +189,14 @@ def _commands() -> dict:
     }
 
 
-def _add_train(commands) -> None:
+def _add_train(commands: Commands) -> None:
     train = commands.add_parser(
         "train", help="train a model", description="Train AlexNet; presets: " + ", ".join(PRESETS)
     )
     _train_arguments(train)
 
 
-def _add_evaluate(commands) -> None:
+def _add_evaluate(commands: Commands) -> None:
     evaluate = commands.add_parser("evaluate", help="evaluate a checkpoint")
     evaluate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     evaluate.add_argument(
@@ -210,7 +226,7 @@ def _add_evaluate(commands) -> None:
     evaluate.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _add_data(commands) -> None:
+def _add_data(commands: Commands) -> None:
     data = commands.add_parser("data", help="find, verify or download the dataset")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="ACTION")
     info = data_commands.add_parser("info", help="which files are used; verify their SHA-256")
@@ -222,14 +238,14 @@ def _add_data(commands) -> None:
     download.add_argument("--mirror", help="base URL (default: the dataset's official mirror)")
 
 
-def _add_report(commands) -> None:
+def _add_report(commands: Commands) -> None:
     report = commands.add_parser("report", help="plots and a model card for a run folder")
     report.add_argument("run_dir", help="a training run's folder (runs/X)")
     _device_flag(report)
     _data_dir_flag(report)
 
 
-def _add_predict(commands) -> None:
+def _add_predict(commands: Commands) -> None:
     predict = commands.add_parser("predict", help="classify your own image files")
     predict.add_argument("model", help=MODEL_HELP)
     predict.add_argument("paths", nargs="+", help="image files or folders (searched recursively)")
@@ -249,7 +265,7 @@ def _add_predict(commands) -> None:
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
 
 
-def _add_export(commands) -> None:
+def _add_export(commands: Commands) -> None:
     export = commands.add_parser(
         "export", help="ONNX, torch.export (pt2), TorchScript or safetensors, checked"
     )
@@ -259,7 +275,7 @@ def _add_export(commands) -> None:
     _data_dir_flag(export)
 
 
-def _add_bench(commands) -> None:
+def _add_bench(commands: Commands) -> None:
     bench = commands.add_parser(
         "bench",
         help="training images/s: our pipeline, a bare step loop and the seed's way, side by side",
@@ -299,7 +315,7 @@ def _add_bench(commands) -> None:
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
 
-def _add_serve(commands) -> None:
+def _add_serve(commands: Commands) -> None:
     serve = commands.add_parser(
         "serve",
         help="HTTP API and a web page for a trained model",
@@ -329,7 +345,7 @@ def _add_serve(commands) -> None:
     serve.add_argument("--data-dir", help="the dataset, for the page's test images")
 
 
-def _add_tune(commands) -> None:
+def _add_tune(commands: Commands) -> None:
     tune = commands.add_parser(
         "tune",
         help="search hyperparameters with Optuna; each trial is an ordinary run",
@@ -384,12 +400,12 @@ def main(argv: list[str] | None = None) -> int:
         return 141  # what the shell reports for a tool ended by SIGPIPE
 
 
-def _given(args, names) -> dict:
+def _given(args: argparse.Namespace, names: Iterable[str]) -> dict[str, Any]:
     """The flags the user gave, by config field name."""
     return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
-def _train(args) -> int:
+def _train(args: argparse.Namespace) -> int:
     from fmnist_alexnet.recipe import read_recipe
     from fmnist_alexnet.runtime import init_distributed, shutdown_distributed
     from fmnist_alexnet.train import TrainingDiverged, TrainingInterrupted, train
@@ -423,7 +439,7 @@ def _train(args) -> int:
     return 0
 
 
-def _report_after_training(run_dir, config) -> None:
+def _report_after_training(run_dir: Path, config: TrainConfig) -> None:
     try:
         from fmnist_alexnet.report import write_report
 
@@ -437,7 +453,7 @@ def _report_after_training(run_dir, config) -> None:
         print(f"report: {run_dir}/report.md")
 
 
-def _evaluate(args) -> int:
+def _evaluate(args: argparse.Namespace) -> int:
     from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
     from fmnist_alexnet.train.messages import unpublished_data_line
 
@@ -471,7 +487,7 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _data(args) -> int:
+def _data(args: argparse.Namespace) -> int:
     if args.data_command == "download":
         mirror = args.mirror or sources.OFFICIAL_MIRROR
         for name, what in sources.download(args.to, mirror):
@@ -491,7 +507,7 @@ def _data(args) -> int:
     return 0
 
 
-def _bench(args) -> int:
+def _bench(args: argparse.Namespace) -> int:
     from fmnist_alexnet.bench.timing import bench
 
     overrides = _given(args, BENCH_FLAGS)
@@ -553,7 +569,7 @@ def _bench_lines(r: Benchmark) -> list[str]:
     return lines
 
 
-def _report(args) -> int:
+def _report(args: argparse.Namespace) -> int:
     from fmnist_alexnet.report import write_report
 
     for path in write_report(args.run_dir, device=args.device, data_dir=args.data_dir):
@@ -561,7 +577,7 @@ def _report(args) -> int:
     return 0
 
 
-def _predict(args) -> int:
+def _predict(args: argparse.Namespace) -> int:
     from fmnist_alexnet.infer.predict import predict_images
 
     model, _ = load_classifier(args.model, args.engine, args.device, args.precision)
@@ -595,7 +611,7 @@ def _write_csv(results: list[Prediction], stream: TextIO) -> None:
             writer.writerow([result.path, "", "", "", "", result.error])
 
 
-def _export(args) -> int:
+def _export(args: argparse.Namespace) -> int:
     from fmnist_alexnet.infer.export import export
 
     result = export(args.checkpoint, fmt=args.format, out=args.out, data_dir=args.data_dir)
@@ -611,7 +627,7 @@ def _export(args) -> int:
     return 0
 
 
-def _serve(args) -> int:
+def _serve(args: argparse.Namespace) -> int:
     try:
         from fmnist_alexnet.serve.app import ServeSettings
         from fmnist_alexnet.serve.server import serve
@@ -639,7 +655,7 @@ def _serve(args) -> int:
     return 0
 
 
-def _tune(args) -> int:
+def _tune(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from fmnist_alexnet.tune.space import DEFAULT_SPACE, read_space

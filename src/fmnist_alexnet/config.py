@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass, field
+from typing import Any
 
 from fmnist_alexnet.argtypes import INT_MAX
 from fmnist_alexnet.data import MEAN, STD
@@ -26,7 +27,7 @@ MODEL, DATA, OPTIM, AUGMENT, SCHEDULE, RUN, OUTPUT = (
 GROUPS = (MODEL, DATA, OPTIM, AUGMENT, SCHEDULE, RUN, OUTPUT)  # `train --help` in this order
 
 
-def _setting(default, group: str, help: str, metavar: str | None = None):
+def _setting(default: Any, group: str, help: str, metavar: str | None = None) -> Any:
     """A config field with its flag's help text, group and metavar beside it."""
     return field(default=default, metadata={"group": group, "help": help, "metavar": metavar})
 
@@ -179,11 +180,11 @@ class TrainConfig:
         0.0, SCHEDULE, "the validation-accuracy gain that counts for --early-stop", "D"
     )
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
 
@@ -206,7 +207,7 @@ _QUICK = dict(
     precision="auto",
 )
 
-PRESETS: dict[str, dict] = {
+PRESETS: dict[str, dict[str, Any]] = {
     # The seed notebook with its bugs fixed (10 outputs, real cross-entropy).
     "seed": dict(
         epochs=3,
@@ -284,7 +285,7 @@ PRESETS: dict[str, dict] = {
 
 def setting_help(name: str) -> str:
     """The help text of the ``train`` flag for config field ``name``."""
-    return TrainConfig.__dataclass_fields__[name].metadata["help"]
+    return str(TrainConfig.__dataclass_fields__[name].metadata["help"])
 
 
 def epoch_size(config: TrainConfig, epoch: int) -> int:
@@ -292,7 +293,7 @@ def epoch_size(config: TrainConfig, epoch: int) -> int:
     return config.start_size if epoch < config.start_epochs else config.image_size
 
 
-def resolve(preset: str, overrides: dict) -> TrainConfig:
+def resolve(preset: str, overrides: dict[str, Any]) -> TrainConfig:
     """The preset's values over the defaults, then every explicitly given flag over those."""
     if preset not in PRESETS:
         raise FmnistError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -320,7 +321,7 @@ def budget_sizes(config: TrainConfig) -> list[int]:
     return sizes
 
 
-def replace(config: TrainConfig, overrides: dict) -> TrainConfig:
+def replace(config: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     config = dataclasses.replace(config, **{k: v for k, v in overrides.items() if v is not None})
     validate(config)
     return config

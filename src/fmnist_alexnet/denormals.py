@@ -46,7 +46,7 @@ def restart_openmp_threads() -> bool:
     except (OSError, AttributeError):  # a runtime older than OpenMP 5.0
         return False
     pause.argtypes, pause.restype = [ctypes.c_int], ctypes.c_int
-    return pause(_OMP_PAUSE_SOFT) == 0
+    return bool(pause(_OMP_PAUSE_SOFT) == 0)
 
 
 def flush_denormals() -> bool:

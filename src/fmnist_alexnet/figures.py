@@ -3,7 +3,15 @@ as PNGs, TensorBoard shows them as images."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -14,7 +22,7 @@ MAX_EPOCH_TICKS = 15  # every epoch is labelled up to this many; beyond, the lab
 MISTAKE_PAIRS, MISTAKES_PER_PAIR = 4, 6
 
 
-def pyplot():
+def pyplot() -> ModuleType:
     """matplotlib's pyplot on the Agg backend (files, no display): the one place the backend
     is chosen. ImportError without matplotlib (the ``report`` extra)."""
     import matplotlib
@@ -25,7 +33,7 @@ def pyplot():
     return plt
 
 
-def save_figure(path: Path, figure) -> Path:
+def save_figure(path: Path, figure: Figure) -> Path:
     plt = pyplot()
 
     atomic_write(path, lambda handle: figure.savefig(handle, format="png", dpi=110))
@@ -33,10 +41,11 @@ def save_figure(path: Path, figure) -> Path:
     return path
 
 
-def curves_figure(history: list[dict]):
+def curves_figure(history: list[dict[str, Any]]) -> Figure:
     plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
+    figure: Figure
     figure, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 4), constrained_layout=True)
     epochs = [row["epoch"] for row in history]
     validated = any(row.get("val_acc") is not None for row in history)  # --val-size 0: none
@@ -62,10 +71,11 @@ def curves_figure(history: list[dict]):
     return figure
 
 
-def confusion_figure(confusion: np.ndarray, names):
+def confusion_figure(confusion: np.ndarray, names: Sequence[str]) -> Figure:
     plt = pyplot()
 
     rates = confusion / np.maximum(confusion.sum(1, keepdims=True), 1)
+    figure: Figure
     figure, ax = plt.subplots(figsize=(9, 8), constrained_layout=True)
     image = ax.imshow(rates, cmap="Blues", vmin=0, vmax=1)
     for i in range(len(names)):
@@ -89,13 +99,16 @@ def confusion_figure(confusion: np.ndarray, names):
     return figure
 
 
-def samples_figure(images, labels, predictions, names):
+def samples_figure(
+    images: np.ndarray, labels: np.ndarray, predictions: np.ndarray, names: Sequence[str]
+) -> Figure:
     plt = pyplot()
 
     rows, cols = SAMPLE_GRID
     shown = min(rows * cols, len(images))  # a run's --limit-eval can leave fewer
     rows = -(-shown // cols)
     picks = np.random.default_rng(0).choice(len(images), shown, replace=False)
+    figure: Figure
     figure, axes = plt.subplots(
         rows, cols, figsize=(cols * 1.6, rows * 1.9), constrained_layout=True
     )
@@ -119,12 +132,19 @@ def samples_figure(images, labels, predictions, names):
     return figure
 
 
-def mistakes_figure(images, labels, probs, confusion, names):
+def mistakes_figure(
+    images: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    confusion: np.ndarray,
+    names: Sequence[str],
+) -> Figure:
     plt = pyplot()
 
     off = confusion.copy()
     np.fill_diagonal(off, 0)
     pairs = [divmod(int(k), len(names)) for k in np.argsort(off, axis=None)[::-1][:MISTAKE_PAIRS]]
+    figure: Figure
     figure, axes = plt.subplots(
         MISTAKE_PAIRS,
         MISTAKES_PER_PAIR,

@@ -39,5 +39,5 @@ def keep_freed_memory() -> bool:
     ok = mallopt(_M_MMAP_MAX, 0) == 1
     ok &= mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
     ok &= mallopt(_M_TOP_PAD, 256 * 2**20) == 1
-    _applied = ok
-    return ok
+    _applied = bool(ok)
+    return _applied

@@ -45,8 +45,8 @@ class AlexNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return logits
 
 
 class AlexNetPaper(nn.Module):
@@ -84,8 +84,8 @@ class AlexNetPaper(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.features(x)
         x = self.avgpool(x)
-        x = torch.flatten(x, 1)
-        return self.classifier(x)
+        logits: torch.Tensor = self.classifier(torch.flatten(x, 1))
+        return logits
 
 
 def _classifier(in_features: int, num_classes: int, dropout: float) -> nn.Sequential:

@@ -21,7 +21,8 @@ def foreign_imports(path: str | Path) -> list[str]:
         data = _pickle_bytes(Path(path))
     except (OSError, zipfile.BadZipFile, KeyError):
         return []
-    found, strings = [], []
+    found: list[str] = []
+    strings: list[str] = []
     try:
         for opcode, arg, _ in pickletools.genops(data):
             if opcode.name in _STRINGS:

@@ -13,6 +13,7 @@ import math
 import shlex
 import sys
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet.atomic import atomic_write_text
 from fmnist_alexnet.config import PRESETS, TrainConfig
@@ -23,7 +24,8 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-FIELD_KINDS = {f.name: f.type for f in dataclasses.fields(TrainConfig)}  # "int", "str | None"...
+# Each field's annotation as written: "int", "str | None"...
+FIELD_KINDS = {f.name: str(f.type) for f in dataclasses.fields(TrainConfig)}
 # What a run's config.json holds besides the recipe, and what a rerun must not reuse:
 # its own folder (a rerun writing there would overwrite the run it reruns).
 _RUN_ONLY = {"runtime"}
@@ -32,7 +34,7 @@ _NOT_RERUN = {"out"}
 NOT_RECIPE = {"out", "data_dir", "progress", "preset", "log_every", "tensorboard"}
 
 
-def read_recipe(path: str | Path) -> dict:
+def read_recipe(path: str | Path) -> dict[str, Any]:
     """The file's settings by field name, type-checked; ``preset`` among them if it names
     one. A run's ``config.json`` leaves out its ``out`` folder."""
     path = Path(path)
@@ -61,7 +63,7 @@ def read_recipe(path: str | Path) -> dict:
     return recipe
 
 
-def write_recipe(path: str | Path, values: dict, header: str = "") -> Path:
+def write_recipe(path: str | Path, values: dict[str, Any], header: str = "") -> Path:
     """``values`` (field name -> value) as a TOML file ``read_recipe`` reads back equal.
     None values are left out (TOML has no null; a missing key means the default)."""
     lines = [f"# {line}" if line else "#" for line in header.splitlines()]
@@ -71,12 +73,12 @@ def write_recipe(path: str | Path, values: dict, header: str = "") -> Path:
     return atomic_write_text(Path(path), "\n".join(lines) + "\n")
 
 
-def recipe_of(config: TrainConfig) -> dict:
+def recipe_of(config: TrainConfig) -> dict[str, Any]:
     """The settings that make ``config``: every field but the run folder."""
     return {k: v for k, v in config.to_dict().items() if k not in _NOT_RERUN}
 
 
-def fits(kind: str, value) -> bool:
+def fits(kind: str, value: object) -> bool:
     """Whether ``value`` (as TOML or JSON gives it) has the type of a field of ``kind``."""
     return {
         "bool": isinstance(value, bool),
@@ -87,7 +89,7 @@ def fits(kind: str, value) -> bool:
     }[kind]
 
 
-def _checked(path: Path, key: str, value, kind: str):
+def _checked(path: Path, key: str, value: Any, kind: str) -> Any:
     if not fits(kind, value):
         expected = {"str | None": "a string", "bool": "true or false"}.get(kind, f"an {kind}")
         expected = "a float" if kind == "float" else expected
@@ -95,7 +97,7 @@ def _checked(path: Path, key: str, value, kind: str):
     return float(value) if kind == "float" else value
 
 
-def _toml_value(value) -> str:
+def _toml_value(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
@@ -107,7 +109,7 @@ def _toml_value(value) -> str:
     return json.dumps(str(value))  # a TOML basic string for any printable text
 
 
-def reproduce_command(config: dict) -> str:
+def reproduce_command(config: dict[str, Any]) -> str:
     """The shortest ``train`` command that gives this config: the preset plus what differs."""
     preset = config.get("preset", "quick")
     base = TrainConfig(preset=preset, **PRESETS.get(preset, {})).to_dict()

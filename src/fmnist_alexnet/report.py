@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +27,9 @@ from fmnist_alexnet.recipe import NOT_RECIPE, reproduce_command
 from fmnist_alexnet.train.rundir import RunDir
 
 
-def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
+def write_report(
+    run_dir: str | Path, device: str = "auto", data_dir: str | Path | None = None
+) -> list[Path]:
     pyplot()  # matplotlib or a clear ImportError before any work
     run = RunDir(Path(run_dir))
     best = run.checkpoints / "best.pt"
@@ -60,9 +63,9 @@ def write_report(run_dir, device: str = "auto", data_dir=None) -> list[Path]:
 
 
 def model_card(
-    config: dict,
-    history: list[dict],
-    confusion,
+    config: dict[str, Any],
+    history: list[dict[str, Any]],
+    confusion: np.ndarray,
     loaded: LoadedModel,
     run_path: Path,
     test_published: bool = True,
@@ -115,7 +118,7 @@ def model_card(
     return "\n".join(lines)
 
 
-def _recipe_lines(config: dict) -> list[str]:
+def _recipe_lines(config: dict[str, Any]) -> list[str]:
     """The run's settings as JSON, and the command that trains it again."""
     recipe = {k: v for k, v in config.items() if k not in NOT_RECIPE | {"runtime"}}
     return [
@@ -170,11 +173,11 @@ def _probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 50
     return torch.cat(chunks).numpy()
 
 
-def _count(value) -> str:
+def _count(value: object) -> str:
     return f"{value:,}" if isinstance(value, int) else "?"
 
 
-def _validation(images, split_seed: int) -> str:
+def _validation(images: object, split_seed: int) -> str:
     if images == 0:
         return "no validation split (the last epoch is the one tested)"
     return (
@@ -183,7 +186,7 @@ def _validation(images, split_seed: int) -> str:
     )
 
 
-def _time_line(history: list[dict], runtime: dict) -> str:
+def _time_line(history: list[dict[str, Any]], runtime: dict[str, Any]) -> str:
     if not history:
         return "- No epochs recorded."
     line = f"- Training wall time {history[-1]['elapsed_s']:.0f} s over {len(history)} epochs"

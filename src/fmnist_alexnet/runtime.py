@@ -45,7 +45,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if cpu_has_native_bf16() else "fp32"
 
 
-def autocast(device: torch.device, precision: str):
+def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
@@ -64,7 +64,7 @@ def device_name(device: torch.device) -> str:
     try:
         with open(CPUINFO, encoding="utf-8") as handle:
             pairs = (line.split(":", 1) for line in handle if ":" in line)
-            fields = {}
+            fields: dict[str, str] = {}
             for key, value in pairs:  # the first processor's fields
                 fields.setdefault(key.strip(), value.strip())
     except OSError:

@@ -6,8 +6,14 @@ export, so a model never meets inputs prepared differently from how it was train
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.config import TrainConfig
+
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
@@ -37,7 +43,7 @@ class ModelSpec:
         return len(self.class_names)
 
     @classmethod
-    def from_config(cls, config) -> ModelSpec:
+    def from_config(cls, config: TrainConfig) -> ModelSpec:
         """The contract a :class:`TrainConfig` trains to."""
         return cls(
             arch=config.arch,
@@ -49,7 +55,7 @@ class ModelSpec:
         )
 
     @classmethod
-    def from_dict(cls, values: dict, where: str) -> ModelSpec:
+    def from_dict(cls, values: dict[str, Any], where: str) -> ModelSpec:
         """From a checkpoint's or an export's stored contract; ``where`` names it in errors."""
         missing = [key for key in EXPORT_FIELDS if key not in values]
         if missing:
@@ -84,14 +90,14 @@ class ModelSpec:
         if not 1 <= self.num_classes <= MAX_CLASSES:
             raise FmnistError(f"{self.num_classes} classes (1..{MAX_CLASSES})")
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {
             **asdict(self),
             "class_names": list(self.class_names),
             "num_classes": self.num_classes,
         }
 
-    def export_contract(self) -> dict:
+    def export_contract(self) -> dict[str, Any]:
         values = self.to_dict()
         return {key: values[key] for key in (*EXPORT_FIELDS, "class_names")}
 
@@ -102,13 +108,13 @@ class ModelSpec:
         return build_model(self.arch, self.num_classes, dropout)
 
 
-def _whole(value) -> int:
+def _whole(value: Any) -> int:
     if isinstance(value, bool) or int(value) != value:
         raise ValueError(f"not a whole number: {value!r}")
     return int(value)
 
 
-def _class_names(values: dict) -> tuple[str, ...]:
+def _class_names(values: dict[str, Any]) -> tuple[str, ...]:
     count = _whole(values["num_classes"])  # its range: ModelSpec.check
     names = values.get("class_names")
     names = CLASS_NAMES[:count] if names is None else names

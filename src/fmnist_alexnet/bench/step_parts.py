@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -23,7 +25,12 @@ PARTS = {
 GEMM_SIZE = 4096  # the reference GEMM's n: large enough to run at the CPU's best rate
 
 
-def step_parts(step, inputs, labels, steps: int) -> list[dict]:
+def step_parts(
+    step: Callable[[torch.Tensor, torch.Tensor], object],
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    steps: int,
+) -> list[dict[str, Any]]:
     """Milliseconds per step, share of the step, GFLOP and GFLOP/s of each part of
     ``step(inputs, labels)`` (already warmed up), over ``steps`` profiled steps."""
     with FlopCounterMode(display=False) as counter:
@@ -56,7 +63,7 @@ def gemm_gflops(precision: str, n: int = GEMM_SIZE) -> float:
     return 2 * n**3 / statistics.median(times) / 1e9
 
 
-def _row(part: str, ms: float, total_ms: float, gflop: float) -> dict:
+def _row(part: str, ms: float, total_ms: float, gflop: float) -> dict[str, Any]:
     rate = gflop / (ms / 1000) if gflop and ms else None
     share = ms / total_ms if total_ms else 0.0
     return {"part": part, "ms_per_step": ms, "share": share, "gflop": gflop, "gflops": rate}

@@ -30,6 +30,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,7 +38,7 @@ import torch
 from fmnist_alexnet import runtime
 from fmnist_alexnet.bench.step_parts import GEMM_SIZE, gemm_gflops, step_parts
 from fmnist_alexnet.config import TrainConfig, resolve
-from fmnist_alexnet.data.batches import eval_batches
+from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import (
     Distributed,
@@ -47,14 +48,16 @@ from fmnist_alexnet.runtime import (
     synchronize,
 )
 from fmnist_alexnet.spec import ModelSpec
-from fmnist_alexnet.train.data import epoch_batches, load_data
+from fmnist_alexnet.train.data import RunData, epoch_batches, load_data
 from fmnist_alexnet.train.monitor import StepMonitor
 from fmnist_alexnet.train.progress import Progress
 from fmnist_alexnet.train.step import TrainStep, build_train_step
 from fmnist_alexnet.train.tracking import TensorBoardTracker, Tracker, tensorboard_installed
 
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]  # (inputs, labels), one step's each
 
-class SeedStyleDataset(torch.utils.data.Dataset):
+
+class SeedStyleDataset(torch.utils.data.Dataset[tuple[torch.Tensor, int]]):
     """The seed's input path: ``Resize(image_size)`` on a PIL image, then ``ToTensor()``."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, image_size: int) -> None:
@@ -67,7 +70,7 @@ class SeedStyleDataset(torch.utils.data.Dataset):
         from PIL import Image
 
         image = Image.fromarray(self.images[index], mode="L")
-        image = image.resize((self.image_size, self.image_size), Image.BILINEAR)
+        image = image.resize((self.image_size, self.image_size), Image.Resampling.BILINEAR)
         tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).unsqueeze(0)
         return tensor, int(self.labels[index])
 
@@ -105,11 +108,11 @@ class Benchmark:
     cuda: str | None
     threads: int
     profile_ms_per_step: dict[str, float] | None = None
-    profile_parts: list[dict] | None = None  # on the CPU only
+    profile_parts: list[dict[str, Any]] | None = None  # on the CPU only
     gemm_size: int | None = None
     gemm_gflops: float | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """``bench --json``'s object (the profile's keys only when profiled)."""
         values = asdict(self)
         for name in ("profile_ms_per_step", "profile_parts", "gemm_size", "gemm_gflops"):
@@ -188,7 +191,9 @@ def _check(steps: int, windows: int, warmup: int, workers: int, tensorboard: boo
         raise FmnistError("--tensorboard: pip install 'fmnist-alexnet[tensorboard]' first")
 
 
-def _what_ran(config: TrainConfig, device, precision: str, steps: int, windows: int) -> dict:
+def _what_ran(
+    config: TrainConfig, device: torch.device, precision: str, steps: int, windows: int
+) -> dict[str, Any]:
     return {
         "preset": config.preset,
         "optimizer": config.optimizer,
@@ -206,7 +211,9 @@ def _what_ran(config: TrainConfig, device, precision: str, steps: int, windows: 
 
 
 @contextmanager
-def _tensorboard_runner(wanted: bool, runners: dict, step, batches, log_every: int):
+def _tensorboard_runner(
+    wanted: bool, runners: dict[str, Runner], step: TrainStep, batches: Batches, log_every: int
+) -> Iterator[None]:
     """With ``wanted``, a runner that also writes TensorBoard points (to a folder removed
     after), timed with the others."""
     if not wanted:
@@ -221,7 +228,9 @@ def _tensorboard_runner(wanted: bool, runners: dict, step, batches, log_every: i
             tracker.close()
 
 
-def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _LoaderRunner:
+def _seed_style_runner(
+    config: TrainConfig, device: torch.device, data: RunData, workers: int
+) -> _LoaderRunner:
     """The seed preset's step in fp32, NCHW, uncompiled, on per-sample PIL-resized copies of
     the training images ``data`` already holds."""
     seed_config = resolve(
@@ -251,7 +260,7 @@ def _seed_style_runner(config: TrainConfig, device, data, workers: int) -> _Load
     return _LoaderRunner(loader, seed_step, device)
 
 
-def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> Runner:
+def _loop_runner(step: TrainStep, batches: Batches, tracker: Tracker, log_every: int) -> Runner:
     """A step as training's loop takes it: batch, step, running sums, the monitor."""
     progress = Progress()
     monitor = StepMonitor(tracker, log_every)
@@ -265,7 +274,7 @@ def _loop_runner(step: TrainStep, batches, tracker: Tracker, log_every: int) -> 
     return Runner(one)
 
 
-def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
+def _forever(make_epoch: Callable[[int], Batches]) -> Batches:
     for epoch in itertools.count():
         yield from make_epoch(epoch)
 
@@ -273,7 +282,7 @@ def _forever(make_epoch: Callable[[int], Iterator]) -> Iterator:
 class Runner:
     """One way of doing a training step, timed in windows between ``start`` and ``stop``."""
 
-    def __init__(self, step: Callable[[], None]) -> None:
+    def __init__(self, step: Callable[[], object]) -> None:
         self.step = step
 
     def start(self) -> None:
@@ -287,12 +296,19 @@ class _LoaderRunner(Runner):
     """The seed-style baseline. Its worker processes live only within its own windows (one
     untimed step first), so their prefetching never steals CPU from the other runners."""
 
-    def __init__(self, loader, trainer: TrainStep, device: torch.device) -> None:
+    def __init__(
+        self,
+        loader: torch.utils.data.DataLoader[tuple[torch.Tensor, int]],
+        trainer: TrainStep,
+        device: torch.device,
+    ) -> None:
         super().__init__(self._step)
         self.loader, self.trainer, self.device = loader, trainer, device
-        self.batches: Iterator | None = None
+        self.batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def _step(self) -> None:
+        if self.batches is None:
+            raise RuntimeError("the baseline's step runs between start() and stop()")
         try:
             inputs, labels = next(self.batches)
         except StopIteration:
@@ -308,7 +324,14 @@ class _LoaderRunner(Runner):
         self.batches = None  # shuts the workers down
 
 
-def window_rates(runners, images, steps, windows, warmup, device) -> dict[str, list[float]]:
+def window_rates(
+    runners: dict[str, Runner],
+    images: int,
+    steps: int,
+    windows: int,
+    warmup: int,
+    device: torch.device,
+) -> dict[str, list[float]]:
     """Images/s of each runner in ``windows`` timed windows of ``steps`` steps, the runners
     taking turns window by window after ``warmup`` untimed steps each."""
     for runner in runners.values():
@@ -331,7 +354,14 @@ def window_rates(runners, images, steps, windows, warmup, device) -> dict[str, l
 
 
 @torch.no_grad()
-def _eval_rate(step: TrainStep, data, spec: ModelSpec, config: TrainConfig, windows, device):
+def _eval_rate(
+    step: TrainStep,
+    data: DeviceData,
+    spec: ModelSpec,
+    config: TrainConfig,
+    windows: int,
+    device: torch.device,
+) -> float:
     step.model.eval()
     preprocess = spec.preprocess()
     rates = []
@@ -349,7 +379,9 @@ def _eval_rate(step: TrainStep, data, spec: ModelSpec, config: TrainConfig, wind
     return statistics.median(rates[1:])
 
 
-def random_batch(config: TrainConfig, spec: ModelSpec, device: torch.device):
+def random_batch(
+    config: TrainConfig, spec: ModelSpec, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Random inputs and labels of the shape and memory format the step is fed."""
     size, batch_size = config.image_size, config.batch_size
     inputs = torch.randn(batch_size, 1, size, size, device=device)
@@ -358,12 +390,14 @@ def random_batch(config: TrainConfig, spec: ModelSpec, device: torch.device):
     return inputs, torch.randint(0, spec.num_classes, (batch_size,), device=device)
 
 
-def _profile(trainer: TrainStep, batches, steps, device) -> dict[str, float]:
+def _profile(
+    trainer: TrainStep, batches: Batches, steps: int, device: torch.device
+) -> dict[str, float]:
     """Milliseconds per step in each phase, synchronising between phases (which costs a
     little overlap on a GPU, so the phases add up to slightly more than a plain step)."""
     phases: dict[str, list[float]] = {"data": [], "forward": [], "backward": [], "optimizer": []}
 
-    def timed(name, fn, *args):
+    def timed(name: str, fn: Callable[..., Any], *args: Any) -> Any:
         synchronize(device)
         started = time.perf_counter()
         out = fn(*args)

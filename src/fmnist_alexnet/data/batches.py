@@ -9,7 +9,6 @@ every rank of a distributed run draws from the same global order and slices its 
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,7 +31,9 @@ class DeviceData:
     labels: torch.Tensor  # int64 [N] on the device
 
     @classmethod
-    def from_numpy(cls, images: np.ndarray, labels: np.ndarray, device) -> DeviceData:
+    def from_numpy(
+        cls, images: np.ndarray, labels: np.ndarray, device: torch.device | str
+    ) -> DeviceData:
         return cls(
             torch.from_numpy(images.copy()).reshape(-1, 1, IMAGE_SIDE, IMAGE_SIDE).to(device),
             torch.from_numpy(labels.astype(np.int64)).to(device),
@@ -125,8 +126,16 @@ class AugmentDraw:
     warp: torch.Tensor | None = None  # float32 [B, 2, 3]: affine_grid's theta per sample
 
     def shard(self, start: int, stop: int) -> AugmentDraw:
-        parts = (getattr(self, f.name) for f in dataclasses.fields(self))
-        return AugmentDraw(*(None if t is None else t[start:stop] for t in parts))
+        def part(t: torch.Tensor | None) -> torch.Tensor | None:
+            return None if t is None else t[start:stop]
+
+        return AugmentDraw(
+            self.flip[start:stop],
+            self.shift[start:stop],
+            part(self.erase),
+            part(self.noise),
+            part(self.warp),
+        )
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,9 @@ class Augment:
         zero = torch.zeros_like(cos)
         return torch.stack([cos, -sin, zero, sin, cos, zero], 1).view(batch_size, 2, 3)
 
-    def _draw_erase(self, batch_size: int, gen: torch.Generator):
+    def _draw_erase(
+        self, batch_size: int, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         device, side = gen.device, IMAGE_SIDE
         u = torch.rand(batch_size, 5, generator=gen, device=device)
         area = side * side * (ERASE_SCALE[0] + (ERASE_SCALE[1] - ERASE_SCALE[0]) * u[:, 0])
@@ -203,7 +214,7 @@ class Augment:
             images = padded[batch, 0, rows[:, :, None], cols[:, None, :]].unsqueeze(1)
         if self.flip:
             images = torch.where(draw.flip[:, None, None, None], images.flip(-1), images)
-        if draw.erase is not None:
+        if draw.erase is not None and draw.noise is not None:
             images = torch.where(draw.erase[:, None], draw.noise, images)
         return images
 
@@ -211,6 +222,8 @@ class Augment:
     def warp(x: torch.Tensor, draw: AugmentDraw, fill: float) -> torch.Tensor:
         """Zoom and rotate the resized float batch ``x`` [B, 1, S, S] about its centre; the
         border it uncovers is ``fill`` (black). Bilinear, as the resize before it."""
+        if draw.warp is None:
+            raise ValueError("the draw has no warp: the augmentation drew none")
         grid = F.affine_grid(draw.warp.to(x.dtype), list(x.shape), align_corners=False)
         out = F.grid_sample(x - fill, grid, mode="bilinear", align_corners=False)
         return out.add_(fill)

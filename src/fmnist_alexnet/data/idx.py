@@ -6,7 +6,9 @@ import contextlib
 import gzip
 import hashlib
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO, cast
 
 import numpy as np
 
@@ -92,7 +94,7 @@ def read_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.nda
 
 
 @contextlib.contextmanager
-def _open(path):
+def _open(path: str | Path) -> Iterator[BinaryIO]:
     """A binary stream of the file's data, decompressing gzip (by magic number)."""
     try:
         raw = open(path, "rb")  # noqa: SIM115 (closed below)
@@ -109,12 +111,12 @@ def _open(path):
             yield raw
         else:
             with gzip.GzipFile(fileobj=raw, mode="rb") as unzipped:
-                yield unzipped
+                yield cast(BinaryIO, unzipped)
     finally:
         raw.close()
 
 
-def _read(stream, path, n: int) -> bytes:
+def _read(stream: BinaryIO, path: str | Path, n: int) -> bytes:
     """Up to ``n`` bytes, with gzip and disk errors as one line naming the file."""
     try:
         return stream.read(n)

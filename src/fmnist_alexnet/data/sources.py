@@ -107,7 +107,7 @@ def verify(source: DataSource) -> dict[str, bool]:
     return {name: sha256(path) == SHA256[name] for name, path in source.files.items()}
 
 
-_PUBLISHED: dict[tuple, bool] = {}  # file states already hashed in this process
+_PUBLISHED: dict[tuple[object, ...], bool] = {}  # file states already hashed in this process
 
 
 def is_published(source: DataSource) -> bool:
@@ -122,7 +122,9 @@ def is_published(source: DataSource) -> bool:
     return _PUBLISHED[key]
 
 
-def download(to_dir: str | Path, mirror: str = OFFICIAL_MIRROR, timeout: float = 60.0) -> list:
+def download(
+    to_dir: str | Path, mirror: str = OFFICIAL_MIRROR, timeout: float = 60.0
+) -> list[tuple[str, str]]:
     """Fetch the four ``.gz`` files into ``to_dir`` and verify them; returns what was done.
 
     A file already there with the right checksum is kept. Nothing unverified is left behind.
@@ -162,7 +164,8 @@ def _sha256_of_gz(path: Path) -> str | None:
 def _fetch(url: str, timeout: float) -> bytes:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
-            return response.read()
+            payload: bytes = response.read()
+            return payload
     except urllib.error.HTTPError as exc:
         raise FmnistError(f"cannot download {url}: HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:

@@ -6,18 +6,21 @@ from __future__ import annotations
 from pathlib import Path
 
 from fmnist_alexnet.checkpoint import load_model
+from fmnist_alexnet.infer.predict import Classifier
 
 ENGINES = ("auto", "torch", "onnx")
 
 
-def pick_engine(path, engine: str = "auto") -> str:
+def pick_engine(path: str | Path, engine: str = "auto") -> str:
     """``engine`` as given, or for ``auto``: onnx for a ``.onnx`` file, torch otherwise."""
     if engine != "auto":
         return engine
     return "onnx" if Path(path).suffix.lower() == ".onnx" else "torch"
 
 
-def load_classifier(path, engine: str = "auto", device: str = "auto", precision: str = "auto"):
+def load_classifier(
+    path: str | Path, engine: str = "auto", device: str = "auto", precision: str = "auto"
+) -> tuple[Classifier, str]:
     """The classifier in ``path`` and the engine that runs it. An ONNX model runs on the CPU
     in float32 whatever ``device`` and ``precision`` say."""
     engine = pick_engine(path, engine)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -28,7 +30,7 @@ class Metrics:
     accuracy: float
     confusion_matrix: list[list[int]]
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
@@ -46,7 +48,7 @@ class Evaluation:
     data_published: bool  # the files are the published Fashion-MNIST (by SHA-256)
     data_directory: str
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """``evaluate --json``'s object."""
         values = asdict(self)
         del values["data_directory"]
@@ -60,7 +62,7 @@ def evaluate(
     preprocess: Preprocess,
     *,
     batch_size: int,
-    autocast: AbstractContextManager,
+    autocast: AbstractContextManager[object],
     num_classes: int,
     channels_last: bool = False,
     dist: Distributed | None = None,
@@ -107,7 +109,7 @@ def evaluate(
     )
 
 
-def per_class_accuracy(confusion: list[list[int]], class_names) -> dict[str, float]:
+def per_class_accuracy(confusion: list[list[int]], class_names: Sequence[str]) -> dict[str, float]:
     return {
         name: (row[i] / sum(row) if sum(row) else 0.0)
         for i, (name, row) in enumerate(zip(class_names, confusion, strict=True))

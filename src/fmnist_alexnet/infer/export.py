@@ -18,9 +18,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
 from fmnist_alexnet.atomic import atomic_write_bytes
 from fmnist_alexnet.checkpoint import load_model
@@ -35,12 +37,19 @@ CONTRACT_FILE = "fmnist_alexnet.json"
 MAX_BATCH = 65536
 
 
-def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_IMAGES) -> dict:
+def export(
+    checkpoint: str | Path,
+    fmt: str,
+    out: str | Path,
+    data_dir: str | Path | None = None,
+    check_images: int = CHECK_IMAGES,
+) -> dict[str, Any]:
     """Write the model in ``fmt`` to ``out``; return parity figures on real test images."""
     if fmt not in FORMATS:
         raise FmnistError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     loaded = load_model(checkpoint, "cpu")
-    model = loaded.model.to(memory_format=torch.contiguous_format).float().eval()
+    model = loaded.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+    model = model.float().eval()
     spec = loaded.spec
     example = torch.zeros(2, 1, spec.image_size, spec.image_size)
     writer = {
@@ -73,16 +82,17 @@ def export(checkpoint, fmt: str, out, data_dir=None, check_images: int = CHECK_I
 def run_exported(fmt: str, path: Path, inputs: torch.Tensor, spec: ModelSpec) -> np.ndarray:
     """Logits of the exported file on preprocessed float inputs."""
     if fmt == "onnx":
-        return onnx_session(path).run(None, {"input": inputs.numpy()})[0]
+        return np.asarray(onnx_session(path).run(None, {"input": inputs.numpy()})[0])
     if fmt == "pt2":
-        return torch.export.load(str(path)).module()(inputs).numpy()
+        return np.asarray(torch.export.load(str(path)).module()(inputs).numpy())
     if fmt == "torchscript":
-        return torch.jit.load(str(path)).eval()(inputs).numpy()
+        scripted = torch.jit.load(str(path))  # type: ignore[no-untyped-call]
+        return np.asarray(scripted.eval()(inputs).numpy())
     from safetensors.torch import load_file
 
     model = spec.build_model().eval()
     model.load_state_dict(load_file(str(path)))
-    return model(inputs).numpy()
+    return np.asarray(model(inputs).numpy())
 
 
 @dataclass
@@ -90,11 +100,11 @@ class OnnxModel:
     """An exported ONNX file as a classifier: uint8 [B, 1, 28, 28] in, logits out, prepared by
     the contract stored in the file itself."""
 
-    session: object
+    session: Any  # an onnxruntime.InferenceSession (onnxruntime ships no type information)
     spec: ModelSpec
 
     @classmethod
-    def load(cls, path) -> OnnxModel:
+    def load(cls, path: str | Path) -> OnnxModel:
         session = onnx_session(path)
         props = session.get_modelmeta().custom_metadata_map
         if CONTRACT_KEY not in props:
@@ -112,7 +122,7 @@ class OnnxModel:
         return torch.from_numpy(self.session.run(None, {"input": inputs})[0])
 
 
-def onnx_session(path):
+def onnx_session(path: str | Path) -> Any:
     try:
         import onnxruntime
     except ImportError:
@@ -127,11 +137,11 @@ def onnx_session(path):
         ) from None
 
 
-def _batch_dim():
+def _batch_dim() -> dict[str, dict[int, Any]]:
     return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
 
 
-def _write_onnx(model, example, contract: str) -> bytes:
+def _write_onnx(model: nn.Module, example: torch.Tensor, contract: str) -> bytes:
     try:
         import onnx
     except ImportError:
@@ -152,7 +162,7 @@ def _write_onnx(model, example, contract: str) -> bytes:
         proto = onnx.load(path)
     meta = proto.metadata_props.add()
     meta.key, meta.value = CONTRACT_KEY, contract
-    return proto.SerializeToString()
+    return bytes(proto.SerializeToString())
 
 
 @contextmanager
@@ -171,21 +181,21 @@ def _quiet_onnx_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _write_pt2(model, example, contract: str) -> bytes:
+def _write_pt2(model: nn.Module, example: torch.Tensor, contract: str) -> bytes:
     program = torch.export.export(model, (example,), dynamic_shapes=_batch_dim())
     buffer = io.BytesIO()
     torch.export.save(program, buffer, extra_files={CONTRACT_FILE: contract})
     return buffer.getvalue()
 
 
-def _write_torchscript(model, example, contract: str) -> bytes:
-    traced = torch.jit.trace(model, example)
+def _write_torchscript(model: nn.Module, example: torch.Tensor, contract: str) -> bytes:
+    traced = torch.jit.trace(model, example)  # type: ignore[no-untyped-call]
     buffer = io.BytesIO()
     torch.jit.save(traced, buffer, _extra_files={CONTRACT_FILE: contract})
     return buffer.getvalue()
 
 
-def _write_safetensors(model, example, contract: str) -> bytes:
+def _write_safetensors(model: nn.Module, example: torch.Tensor, contract: str) -> bytes:
     try:
         from safetensors.torch import save
     except ImportError:

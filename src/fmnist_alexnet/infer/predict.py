@@ -8,12 +8,17 @@ white background lands where the model expects it.
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 import io
 import warnings
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -40,7 +45,7 @@ class ClassScore:
     class_name: str
     prob: float
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"label": self.label, "class": self.class_name, "prob": self.prob}
 
 
@@ -52,7 +57,7 @@ class Prediction:
     top: list[ClassScore] = field(default_factory=list)
     error: str | None = None
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         """``predict --json``'s object: ``path`` with ``top`` or with ``error``."""
         if self.error is not None:
             return {"path": self.path, "error": self.error}
@@ -68,7 +73,7 @@ class Classifier(Protocol):
         """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
 
 
-def find_images(paths) -> list[Path]:
+def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given (a pipe too: ``<(curl ...)``); folders searched recursively for files
     with an image suffix, sorted, less what is there but not a regular file (a FIFO would
     block the read forever); a broken link is kept, to be reported."""
@@ -82,7 +87,9 @@ def find_images(paths) -> list[Path]:
     return found
 
 
-def prepare_image(source, invert: str = "auto", name: str | None = None) -> np.ndarray:
+def prepare_image(
+    source: str | Path | bytes, invert: str = "auto", name: str | None = None
+) -> np.ndarray:
     """One image -> uint8 [28, 28], light object on black, as in Fashion-MNIST.
 
     ``source`` is a path, or the bytes of an image file (then ``name`` labels its errors).
@@ -92,10 +99,12 @@ def prepare_image(source, invert: str = "auto", name: str | None = None) -> np.n
         gray = 1.0 - gray
     if gray.shape != (IMAGE_SIDE, IMAGE_SIDE):  # a 28x28 image keeps its framing
         gray = _fit_to_square(_trim(gray), IMAGE_SIDE)
-    return np.clip(np.rint(gray * 255), 0, 255).astype(np.uint8)
+    return np.asarray(np.clip(np.rint(gray * 255), 0, 255), dtype=np.uint8)
 
 
-def top_classes(logits: torch.Tensor, class_names, top_k: int) -> list[list[ClassScore]]:
+def top_classes(
+    logits: torch.Tensor, class_names: Sequence[str], top_k: int
+) -> list[list[ClassScore]]:
     """Per row of logits, the ``top_k`` classes, best first."""
     top = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
     return [
@@ -139,14 +148,16 @@ def predict_images(
     return results
 
 
-def _read_grayscale(source, name: str | None = None) -> np.ndarray:
+def _read_grayscale(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    path: str | Path
+    opened: Path | io.BytesIO
     if isinstance(source, bytes):
-        path, source = name or "upload", io.BytesIO(source)
+        path, opened = name or "upload", io.BytesIO(source)
     else:
-        path = source = Path(source)
-        if not path.exists():
+        path = opened = Path(source)
+        if not opened.exists():
             raise ImageError(f"{path}: file not found")
     try:
         with warnings.catch_warnings():
@@ -156,7 +167,7 @@ def _read_grayscale(source, name: str | None = None) -> np.ndarray:
             warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             Image.MAX_IMAGE_PIXELS = MAX_PIXELS
-            with Image.open(source) as image:
+            with Image.open(opened) as image:
                 if image.width * image.height > MAX_PIXELS or max(image.size) > MAX_SIDE:
                     raise ImageError(
                         f"{path}: {image.width}x{image.height} is too large to be a photo "
@@ -179,7 +190,7 @@ def _read_grayscale(source, name: str | None = None) -> np.ndarray:
         raise ImageError(f"{path}: cannot read the image ({exc})") from None
 
 
-def _shrink(image):
+def _shrink(image: PILImage) -> PILImage:
     """Box-average an image whose longest side is over :data:`WORK_SIDE` down to at most
     that, before any float copy is made: the result is 28x28 anyway, and a 36 Mpx photo
     then costs tens of MB instead of most of a GB."""
@@ -194,7 +205,7 @@ def _shrink(image):
         return image.convert("F").reduce(factor)
 
 
-def _to_gray_array(image) -> np.ndarray:
+def _to_gray_array(image: PILImage) -> np.ndarray:
     """Any PIL mode -> float grayscale in [0, 1], alpha flattened onto white."""
     from PIL import Image
 
@@ -242,7 +253,8 @@ def _fit_to_square(gray: np.ndarray, side: int) -> np.ndarray:
     height, width = gray.shape
     scale = side / max(height, width)
     size = (max(1, round(width * scale)), max(1, round(height * scale)))
-    image = Image.fromarray(gray.astype(np.float32), mode="F").resize(size, Image.LANCZOS)
+    image = Image.fromarray(gray.astype(np.float32), mode="F")
+    image = image.resize(size, Image.Resampling.LANCZOS)
     small = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
     out = np.zeros((side, side))
     top, left = (side - small.shape[0]) // 2, (side - small.shape[1]) // 2

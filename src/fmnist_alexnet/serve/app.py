@@ -12,9 +12,11 @@ import asyncio
 import base64
 import io
 import time
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from importlib import resources
+from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Query, Request
@@ -52,7 +54,7 @@ class _Service:
     """What the routes share: the model, its batcher and metrics, and two counters."""
 
     model: Classifier
-    info: dict
+    info: dict[str, Any]
     settings: ServeSettings
     samples: tuple[np.ndarray, np.ndarray] | None
     metrics: ServeMetrics = field(init=False)
@@ -75,7 +77,7 @@ class _Service:
         return self.model.spec.class_names
 
     @asynccontextmanager
-    async def lifespan(self, app: FastAPI):
+    async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
         await self.batcher.start()
         warm = np.zeros((min(2, self.settings.max_batch), 28, 28), np.uint8)
         await asyncio.get_running_loop().run_in_executor(None, self.batcher.forward, warm)
@@ -87,7 +89,7 @@ class _Service:
 
 def create_app(
     model: Classifier,
-    info: dict,
+    info: dict[str, Any],
     settings: ServeSettings | None = None,
     samples: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> FastAPI:
@@ -113,7 +115,9 @@ def create_app(
 
 def _add_request_metrics(app: FastAPI, metrics: ServeMetrics) -> None:
     @app.middleware("http")
-    async def count_requests(request: Request, call_next):
+    async def count_requests(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         started = time.perf_counter()
         response = await call_next(request)
         metrics.observe_request(request.url.path, response.status_code, started)
@@ -124,18 +128,18 @@ def _add_error_handlers(app: FastAPI) -> None:
     """Every error is JSON ``{"error": "..."}``."""
 
     @app.exception_handler(ApiError)
-    async def api_error(request: Request, exc: ApiError):
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"error": exc.message}, status_code=exc.status)
 
     @app.exception_handler(RequestValidationError)
-    async def invalid_request(request: Request, exc: RequestValidationError):
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
         )
         return JSONResponse({"error": problems}, status_code=422)
 
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, status_code=exc.status_code)
 
 
@@ -147,7 +151,7 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
         request: Request,
         top_k: int = Query(3, ge=1, le=len(service.names), description="classes per image"),
         preview: bool = Query(False, description="also return each 28x28 input as a PNG"),
-    ) -> dict:
+    ) -> dict[str, Any]:
         """Upload one or more image files in the repeatable multipart field 'files'.
         Results come back in request order: {"filename", "top": [{"label", "class", "prob"}]}
         per file, or {"filename", "error"} for a file that could not be read.
@@ -164,29 +168,30 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
             )
         finally:
             service.arriving -= 1
-        results = [{"filename": name} for name, _ in uploads]
-        good = [i for i, item in enumerate(prepared) if isinstance(item, np.ndarray)]
+        results: list[dict[str, Any]] = [{"filename": name} for name, _ in uploads]
+        arrays = {i: item for i, item in enumerate(prepared) if isinstance(item, np.ndarray)}
+        good = list(arrays)
         for i, item in enumerate(prepared):
             if not isinstance(item, np.ndarray):
                 results[i]["error"] = item
         service.metrics.images.inc(len(good))
         service.metrics.file_errors.inc(len(uploads) - len(good))
         if good:
-            logits = await service.batcher.logits(np.stack([prepared[i] for i in good]))
+            logits = await service.batcher.logits(np.stack([arrays[i] for i in good]))
             for i, top in zip(good, top_classes(logits, service.names, top_k), strict=True):
                 results[i]["top"] = [score.to_dict() for score in top]
                 if preview:
-                    results[i]["image"] = _png_data_url(prepared[i])
+                    results[i]["image"] = _png_data_url(arrays[i])
         return {"results": results}
 
 
 def _add_facts(app: FastAPI, service: _Service) -> None:
     @app.get("/v1/model", summary="The served model and its input contract")
-    async def model_info() -> dict:
+    async def model_info() -> dict[str, Any]:
         return service.info
 
     @app.get("/v1/samples", summary="Real test images with their true labels")
-    async def sample_images(count: int = Query(8, ge=1, le=32)) -> dict:
+    async def sample_images(count: int = Query(8, ge=1, le=32)) -> dict[str, Any]:
         if service.samples is None:
             raise ApiError(404, "the Fashion-MNIST test set was not found on the server")
         images, labels = service.samples
@@ -205,14 +210,14 @@ def _add_facts(app: FastAPI, service: _Service) -> None:
         }
 
     @app.get("/health", summary="The process is up")
-    async def health() -> dict:
+    async def health() -> dict[str, Any]:
         return {"status": "ok"}
 
     @app.get("/ready", summary="The model is loaded and warmed up")
-    async def ready():
+    async def ready() -> Response:
         if not service.ready:
             return JSONResponse({"ready": False}, status_code=503)
-        return {"ready": True}
+        return JSONResponse({"ready": True})
 
     @app.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
     async def prometheus() -> Response:
@@ -290,4 +295,5 @@ def _png_data_url(image: np.ndarray) -> str:
 
 
 def _static(name: str) -> str:
-    return resources.files("fmnist_alexnet.serve").joinpath("static", name).read_text("utf-8")
+    static = resources.files("fmnist_alexnet.serve") / "static"
+    return (static / name).read_text("utf-8")

@@ -23,7 +23,7 @@ import torch
 @dataclass
 class _Job:
     images: np.ndarray  # uint8 [n, 28, 28]
-    future: asyncio.Future
+    future: asyncio.Future[torch.Tensor]
 
 
 class MicroBatcher:
@@ -41,17 +41,17 @@ class MicroBatcher:
         self.max_wait_s = max_wait_ms / 1000
         self.on_batch = on_batch or (lambda size: None)
         self._queue: asyncio.Queue[_Job | None] | None = None
-        self._worker: asyncio.Task | None = None
+        self._worker: asyncio.Task[None] | None = None
         self._shared_last_pass = False
         self._executor = ThreadPoolExecutor(1, thread_name_prefix="forward")
 
     async def start(self) -> None:
-        self._queue = asyncio.Queue()
-        self._worker = asyncio.create_task(self._run())
+        self._queue = queue = asyncio.Queue[_Job | None]()
+        self._worker = asyncio.create_task(self._run(queue))
 
     async def stop(self) -> None:
         """Finish every request already queued, then stop."""
-        if self._worker is None:
+        if self._worker is None or self._queue is None:
             return
         await self._queue.put(None)
         await self._worker
@@ -60,9 +60,9 @@ class MicroBatcher:
 
     async def logits(self, images: np.ndarray) -> torch.Tensor:
         """uint8 [n, 28, 28] -> float32 logits [n, classes], batched with other callers."""
-        if self._worker is None:
+        if self._worker is None or self._queue is None:
             raise RuntimeError("the batcher is not running")
-        future = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[torch.Tensor] = asyncio.get_running_loop().create_future()
         await self._queue.put(_Job(images, future))
         return await future
 
@@ -75,23 +75,23 @@ class MicroBatcher:
         ]
         return torch.cat(chunks)
 
-    async def _run(self) -> None:
+    async def _run(self, queue: asyncio.Queue[_Job | None]) -> None:
         loop = asyncio.get_running_loop()
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            job = await queue.get()
             if job is None:
                 break
             jobs, count = [job], len(job.images)
             deadline = loop.time() + self.max_wait_s
             while count < self.max_batch:
-                if self._queue.empty() and not self.expecting() and not self._shared_last_pass:
+                if queue.empty() and not self.expecting() and not self._shared_last_pass:
                     break  # a lone request: do not wait
                 try:
-                    if self._queue.empty():
-                        waited = await asyncio.wait_for(self._queue.get(), deadline - loop.time())
+                    if queue.empty():
+                        waited = await asyncio.wait_for(queue.get(), deadline - loop.time())
                     else:
-                        waited = self._queue.get_nowait()
+                        waited = queue.get_nowait()
                 except (TimeoutError, asyncio.TimeoutError):
                     break
                 if waited is None:  # stop after this batch
@@ -116,7 +116,7 @@ class MicroBatcher:
                 if not j.future.done():  # the caller may have gone away
                     j.future.set_result(rows)
         with contextlib.suppress(asyncio.QueueEmpty):  # nothing is left behind
-            while (job := self._queue.get_nowait()) is not None:
+            while (job := queue.get_nowait()) is not None:
                 job.future.set_result(
                     await loop.run_in_executor(self._executor, self.forward, job.images)
                 )

@@ -5,26 +5,31 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet import __version__
-from fmnist_alexnet.checkpoint import model_file
+from fmnist_alexnet.checkpoint import LoadedModel, model_file
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.engines import load_classifier
+from fmnist_alexnet.infer.predict import Classifier
 from fmnist_alexnet.model import count_parameters
+from fmnist_alexnet.spec import ModelSpec
 
 
-def load_served(path, engine: str = "auto", device: str = "auto", precision: str = "auto"):
+def load_served(
+    path: str | Path, engine: str = "auto", device: str = "auto", precision: str = "auto"
+) -> tuple[Classifier, dict[str, Any]]:
     """The classifier and the facts ``GET /v1/model`` reports about it."""
     path = model_file(path)
     if not path.is_file():
         raise FmnistError(f"{path}: no model there (give a checkpoint, a run folder or an .onnx)")
     model, engine = load_classifier(path, engine, device, precision)
-    if engine == "onnx":
-        parameters = None
-        runtime = {"engine": "onnx", "device": "cpu", "precision": "fp32"}
-    else:
+    if isinstance(model, LoadedModel):
         parameters = count_parameters(model.model)
         runtime = {"engine": "torch", "device": str(model.device), "precision": model.precision}
+    else:
+        parameters = None
+        runtime = {"engine": engine, "device": "cpu", "precision": "fp32"}
     spec = model.spec
     info = {
         "version": __version__,
@@ -40,7 +45,7 @@ def load_served(path, engine: str = "auto", device: str = "auto", precision: str
     return model, info
 
 
-def _count(spec) -> int:
+def _count(spec: ModelSpec) -> int:
     return count_parameters(spec.build_model())
 
 
@@ -52,7 +57,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _measured(path: Path) -> dict:
+def _measured(path: Path) -> dict[str, Any]:
     """The run's own test figure, when ``path`` is the best.pt it was measured on."""
     metrics = path.parent.parent / "test_metrics.json"
     if path.name != "best.pt" or not metrics.is_file():

@@ -6,8 +6,12 @@ import contextlib
 import signal
 import socket
 import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
+import numpy as np
 import uvicorn
+from starlette.types import ASGIApp
 
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.serve.app import ServeSettings, create_app
@@ -19,7 +23,7 @@ class _Server(uvicorn.Server):
     signal again once it has shut down)."""
 
     @contextlib.contextmanager
-    def capture_signals(self):
+    def capture_signals(self) -> Iterator[None]:
         if threading.current_thread() is not threading.main_thread():
             yield  # signals can only be handled in the main thread
             return
@@ -34,12 +38,12 @@ class _Server(uvicorn.Server):
 _SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
-def build_server(app, host: str, port: int) -> uvicorn.Server:
+def build_server(app: ASGIApp, host: str, port: int) -> uvicorn.Server:
     return _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False))
 
 
 def serve(
-    model_path,
+    model_path: str | Path,
     *,
     host: str = "127.0.0.1",
     port: int = 8000,
@@ -47,8 +51,8 @@ def serve(
     device: str = "auto",
     precision: str = "auto",
     settings: ServeSettings | None = None,
-    data_dir=None,
-    log=print,
+    data_dir: str | Path | None = None,
+    log: Callable[[str], None] = print,
 ) -> None:
     settings = settings or ServeSettings()
     check_settings(settings, port)
@@ -92,7 +96,7 @@ def check_address(host: str, port: int) -> None:
         raise FmnistError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
 
 
-def _test_samples(data_dir):
+def _test_samples(data_dir: str | Path | None) -> tuple[np.ndarray, np.ndarray] | None:
     """The real test set for the page's "try test images", or None when it is not found."""
     from fmnist_alexnet.data.sources import find_data, load_split
 

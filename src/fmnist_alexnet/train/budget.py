@@ -26,8 +26,9 @@ import gc
 import itertools
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import torch
 
@@ -37,10 +38,10 @@ from fmnist_alexnet.data.batches import DeviceData, eval_batches
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.runtime import Distributed, synchronize
 from fmnist_alexnet.spec import ModelSpec
-from fmnist_alexnet.train.data import epoch_batches
+from fmnist_alexnet.train.data import RunData, epoch_batches
 from fmnist_alexnet.train.optim import steps_ignoring_total
 from fmnist_alexnet.train.progress import Progress
-from fmnist_alexnet.train.step import build_train_step
+from fmnist_alexnet.train.step import TrainStep, build_train_step
 
 # Plan to use this share of the budget: later epochs on a shared machine can run slower than
 # the first one the plan is scaled by (docs/training.md#time-budget).
@@ -75,8 +76,10 @@ class BudgetPlan:
     eval_images_per_sec: float
     save_s: float = 0.0  # one last.pt write, part of each epoch's estimate
     finish_s: float = FINISH_S
-    replanned: dict | None = None  # after the run's first steps: what they took, what changed
-    late: dict | None = None  # wsd: the latest plan after a later epoch, and how many there were
+    # after the run's first steps: what they took, what changed
+    replanned: dict[str, Any] | None = None
+    # wsd: the latest plan after a later epoch, and how many there were
+    late: dict[str, Any] | None = None
     sizes: dict[int, int] | None = None  # --budget-sizes: the epochs that fit at each size timed
     costs: list[float] = field(default_factory=list, repr=False)  # every epoch to the cap
     first_steps_s: float = field(default=0.0, repr=False)  # the first epoch's steps alone
@@ -87,7 +90,7 @@ class BudgetPlan:
         after = self.test_s + self.report_s + self.finish_s
         return self.spent_s + self.warmup_s + sum(self.epoch_s) + after
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         hidden = ("costs", "first_steps_s", "steps_per_epoch")
         values = {k: v for k, v in asdict(self).items() if k not in hidden}
         return {**values, "estimate_s": round(self.estimate_s, 1)}
@@ -157,7 +160,7 @@ def replan_step(config: TrainConfig, steps_per_epoch: int) -> int | None:
     (quick's 0.3 epochs), and never without a warm-up (the first rates anneal by the total).
     """
     fixed = steps_ignoring_total(config, steps_per_epoch)
-    return min(fixed, steps_per_epoch) if fixed > 0 else None
+    return int(min(fixed, steps_per_epoch)) if fixed > 0 else None
 
 
 def replan(
@@ -231,7 +234,7 @@ def plan_budget(
     config: TrainConfig,
     device: torch.device,
     precision: str,
-    data,
+    data: RunData,
     dist: Distributed,
     started: float,
     save: Callable[[Checkpoint], float],
@@ -251,11 +254,13 @@ def plan_budget(
         if device.type == "cuda":
             torch.cuda.empty_cache()
         spent_s = dist.mean([time.perf_counter() - started])[0]  # every rank plans alike
-        plans[size] = _fit_or_none(sized, speeds, spent_s, data, dist.world_size, size == sizes[0])
-        if plans[size] is None or plans[size].epochs < config.budget_epochs:
+        fitted = _fit_or_none(sized, speeds, spent_s, data, dist.world_size, size == sizes[0])
+        plans[size] = fitted
+        if fitted is None or fitted.epochs < config.budget_epochs:
             break
     size = choose_size(plans, config.budget_epochs)
     plan = plans[size]
+    assert plan is not None  # a size that fits, or the first, which fits or raised
     if len(sizes) > 1:  # the sizes timed, whether or not all of --budget-sizes were
         plan = dataclasses.replace(
             plan, sizes={s: (p.epochs if p else 0) for s, p in plans.items()}
@@ -263,7 +268,14 @@ def plan_budget(
     return replace(config, {"image_size": size, "epochs": plan.epochs}), plan
 
 
-def _fit_or_none(config, speeds, spent_s, data, world_size, must_fit: bool) -> BudgetPlan | None:
+def _fit_or_none(
+    config: TrainConfig,
+    speeds: Speeds,
+    spent_s: float,
+    data: RunData,
+    world_size: int,
+    must_fit: bool,
+) -> BudgetPlan | None:
     """:func:`fit_epochs`, or None where no epoch fits at this size (an error at the first)."""
     try:
         return fit_epochs(
@@ -322,7 +334,9 @@ def probe(
 
 
 @torch.no_grad()
-def _eval_image_s(step, data: DeviceData, spec: ModelSpec, config: TrainConfig, device) -> float:
+def _eval_image_s(
+    step: TrainStep, data: DeviceData, spec: ModelSpec, config: TrainConfig, device: torch.device
+) -> float:
     """Seconds per image of validation's forward pass, timed after one untimed batch (on
     that batch again when the data holds only one)."""
     step.model.eval()
@@ -336,21 +350,35 @@ def _eval_image_s(step, data: DeviceData, spec: ModelSpec, config: TrainConfig, 
     )
     timed = batches[1:] or batches
 
-    def forward(batch) -> None:
+    def forward(batch: tuple[torch.Tensor, torch.Tensor]) -> None:
         with step.amp:
             step.model(batch[0]).argmax(1)
 
     forward(batches[0])
-    seconds = _time(device, lambda: [forward(batch) for batch in timed])
+
+    def forward_all() -> None:
+        for batch in timed:
+            forward(batch)
+
+    seconds = _time(device, forward_all)
     step.model.train()
     return seconds / sum(len(batch[1]) for batch in timed)
 
 
-def _steps_s(step, batches, count: int, device: torch.device) -> float:
-    return _time(device, lambda: [step(*next(batches)) for _ in range(count)])
+def _steps_s(
+    step: TrainStep,
+    batches: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    count: int,
+    device: torch.device,
+) -> float:
+    def steps() -> None:
+        for _ in range(count):
+            step(*next(batches))
+
+    return _time(device, steps)
 
 
-def _time(device: torch.device, fn) -> float:
+def _time(device: torch.device, fn: Callable[[], None]) -> float:
     synchronize(device)
     started = time.perf_counter()
     fn()

@@ -8,6 +8,7 @@ short runs are not dominated by the random initial weights.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
@@ -40,7 +41,7 @@ class WeightEma:
         self.updates = updates
 
     @contextmanager
-    def applied(self, model: nn.Module):
+    def applied(self, model: nn.Module) -> Iterator[nn.Module]:
         """The model holds the averaged weights inside the block, its own ones after."""
         tensors = [t for _, t in _tensors(model)]
         saved = [t.detach().clone() for t in tensors]
@@ -55,7 +56,7 @@ class WeightEma:
                     t.copy_(own)
 
 
-def _tensors(model: nn.Module):
+def _tensors(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
     """Parameters and floating-point buffers, in state_dict order."""
     for name, t in model.state_dict(keep_vars=True).items():
         if t.is_floating_point():

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.config import TrainConfig, replace
 from fmnist_alexnet.data.batches import DeviceData
 from fmnist_alexnet.data.sources import is_published
+from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.evaluate import Metrics, evaluate
 from fmnist_alexnet.recipe import NOT_RECIPE
 from fmnist_alexnet.runtime import (
@@ -48,7 +49,7 @@ from fmnist_alexnet.train.time_budget import TimeBudget
 from fmnist_alexnet.train.tracking import Tracker, open_tracker
 
 ShouldStop = Callable[[int], bool]
-OnEpoch = Callable[[dict], "str | None"]
+OnEpoch = Callable[[dict[str, Any]], "str | None"]
 
 
 class TrainingInterrupted(Exception):
@@ -69,7 +70,7 @@ class TrainResult:
     best_val_accuracy: float | None
     wall_s: float
     train_images_per_sec: float
-    history: list[dict] = field(default_factory=list)
+    history: list[dict[str, Any]] = field(default_factory=list)
     stopped: str | None = None  # why training ended before --epochs, if it did
 
 
@@ -92,6 +93,8 @@ def train(
     """
     dist, log = dist or Distributed(), log or _print_now
     started = time.perf_counter()
+    if config.out is None:
+        raise FmnistError("train(config): config.out is not set (the run folder to write)")
     # The folder is created, proved writable and locked for this run (released at the end).
     with RunDir(Path(config.out), enabled=dist.is_main) as run:
         if run.removed_temp:
@@ -166,7 +169,7 @@ class Trainer:
             self.saved_epoch = resume.epoch
             run.repair_best(resume.epoch, resume.best_epoch)
 
-    def set_epochs(self, epochs: int, time_budget: dict) -> None:
+    def set_epochs(self, epochs: int, time_budget: dict[str, Any]) -> None:
         """Train to ``epochs`` from here (a time budget planned again): the schedule
         retargeted to the count, config.json rewritten with it and the plan."""
         if epochs != self.config.epochs:
@@ -175,7 +178,9 @@ class Trainer:
         self.runtime["time_budget"] = time_budget
         self.run.write_config(self.config, self.runtime)
 
-    def fit(self, should_stop: ShouldStop | None, on_epoch: OnEpoch | None, test: bool):
+    def fit(
+        self, should_stop: ShouldStop | None, on_epoch: OnEpoch | None, test: bool
+    ) -> TrainResult:
         """The epochs, then the test; every rank leaves together."""
         try:
             stopped = self.train_epochs(should_stop, on_epoch)
@@ -199,7 +204,7 @@ class Trainer:
         finally:
             self.tracker.close()
 
-    def train_epochs(self, should_stop: ShouldStop | None, on_epoch: OnEpoch | None):
+    def train_epochs(self, should_stop: ShouldStop | None, on_epoch: OnEpoch | None) -> str | None:
         """Epochs of training, validation and checkpoints; why training ended early, if it
         did."""
         progress = self.progress
@@ -225,7 +230,7 @@ class Trainer:
                     return stopped
         return None
 
-    def train_one_epoch(self, epoch: int, stop: ShouldStop) -> dict | None:
+    def train_one_epoch(self, epoch: int, stop: ShouldStop) -> dict[str, Any] | None:
         """Train ``epoch`` from where the progress stands; the epoch's training figures, or
         None when ``stop`` asked to stop before its end."""
         steps, progress, world = self.data.steps_per_epoch, self.progress, self.dist.world_size
@@ -263,7 +268,7 @@ class Trainer:
         seconds = time.perf_counter() - started
         return {**progress.finish_epoch(self.dist), "images_per_sec": images / seconds}
 
-    def _bar(self, epoch: int, start_step: int) -> tqdm:
+    def _bar(self, epoch: int, start_step: int) -> tqdm[NoReturn]:
         shown = self.config.progress and self.dist.is_main and sys.stderr.isatty()
         return tqdm(
             total=self.data.steps_per_epoch,
@@ -274,7 +279,9 @@ class Trainer:
             dynamic_ncols=True,
         )
 
-    def end_epoch(self, trained: dict, val: Metrics | None, on_epoch: OnEpoch | None):
+    def end_epoch(
+        self, trained: dict[str, Any], val: Metrics | None, on_epoch: OnEpoch | None
+    ) -> str | None:
         """The epoch's row, checkpoint and line; why training stops here, if it does."""
         config, progress = self.config, self.progress
         is_best = progress.update_best(val.accuracy if val else None)
@@ -369,7 +376,7 @@ class Trainer:
             dist=self.dist,
         )
 
-    def _final_figures(self, test: Metrics | None) -> dict:
+    def _final_figures(self, test: Metrics | None) -> dict[str, Any]:
         """The test confusion matrix and a grid of test images with their predictions; none
         without matplotlib (the ``report`` extra)."""
         try:
@@ -391,7 +398,9 @@ class Trainer:
         }
 
 
-def epoch_row(progress: Progress, trained: dict, val: Metrics | None, lr: float) -> dict:
+def epoch_row(
+    progress: Progress, trained: dict[str, Any], val: Metrics | None, lr: float
+) -> dict[str, Any]:
     """One line of metrics.jsonl."""
     return {
         "epoch": progress.epoch,
@@ -410,7 +419,7 @@ def epoch_row(progress: Progress, trained: dict, val: Metrics | None, lr: float)
 _NOT_HPARAMS = NOT_RECIPE - {"preset"}  # the preset is part of the recipe TensorBoard shows
 
 
-def epoch_scalars(row: dict) -> dict:
+def epoch_scalars(row: dict[str, Any]) -> dict[str, Any]:
     return {
         "epoch/train_loss": row["train_loss"],
         "epoch/train_acc": row["train_acc"],
@@ -420,7 +429,7 @@ def epoch_scalars(row: dict) -> dict:
     }
 
 
-def test_metrics(result: TrainResult, test: Metrics, best: Path) -> dict:
+def test_metrics(result: TrainResult, test: Metrics, best: Path) -> dict[str, Any]:
     """test_metrics.json."""
     return {
         "checkpoint": str(best),

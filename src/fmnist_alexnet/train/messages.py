@@ -2,8 +2,24 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
 
-def start_line(config, device, precision, data, run) -> str:
+if TYPE_CHECKING:
+    import torch
+
+    from fmnist_alexnet.config import TrainConfig
+    from fmnist_alexnet.train.budget import BudgetPlan
+    from fmnist_alexnet.train.data import RunData
+    from fmnist_alexnet.train.loop import TrainResult
+    from fmnist_alexnet.train.rundir import RunDir
+
+from typing import Any
+
+
+def start_line(
+    config: TrainConfig, device: torch.device, precision: str, data: RunData, run: RunDir
+) -> str:
     sizes = f"{config.image_size} px"
     if config.start_epochs:
         sizes = f"{config.start_size} px for {config.start_epochs} epochs then {sizes}"
@@ -15,7 +31,7 @@ def start_line(config, device, precision, data, run) -> str:
     )
 
 
-def budget_line(plan, image_size: int, need: int = 1) -> str:
+def budget_line(plan: BudgetPlan, image_size: int, need: int = 1) -> str:
     """What ``--time-budget`` measured and planned (``budget.BudgetPlan``), and with
     ``--budget-sizes`` which resolution it chose and why."""
     each = plan.epoch_s[-1]
@@ -29,7 +45,7 @@ def budget_line(plan, image_size: int, need: int = 1) -> str:
     )
 
 
-def _size_choice(plan, image_size: int, need: int) -> str:
+def _size_choice(plan: BudgetPlan, image_size: int, need: int) -> str:
     if not plan.sizes:
         return ""
     fits = ", ".join(f"{n} at {size} px" for size, n in plan.sizes.items())
@@ -48,7 +64,7 @@ def _size_choice(plan, image_size: int, need: int) -> str:
 FEW_HOUR_EPOCHS = 5
 
 
-def few_epochs_line(config, plan) -> str | None:
+def few_epochs_line(config: TrainConfig, plan: BudgetPlan) -> str | None:
     """A note when ``--preset hour`` fits so few epochs that ``quick``'s recipe does better."""
     if config.preset != "hour" or plan.epochs > FEW_HOUR_EPOCHS:
         return None
@@ -59,9 +75,11 @@ def few_epochs_line(config, plan) -> str | None:
     )
 
 
-def replan_line(plan, steps_per_epoch: int, schedule: str = "onecycle") -> str:
-    """What the first steps of a ``--time-budget`` run changed."""
+def replan_line(plan: BudgetPlan, steps_per_epoch: int, schedule: str = "onecycle") -> str:
+    """What the first steps of a ``--time-budget`` run changed (a plan from ``replan``)."""
     again = plan.replanned
+    if again is None:
+        raise ValueError("replan_line: the plan was not planned again")
     which = "before the decay" if schedule == "wsd" else "the warm-up"
     done = (
         "epoch 1"
@@ -76,9 +94,11 @@ def replan_line(plan, steps_per_epoch: int, schedule: str = "onecycle") -> str:
     )
 
 
-def late_replan_line(plan) -> str:
+def late_replan_line(plan: BudgetPlan) -> str:
     """What a ``wsd`` run's later plan changed (``budget.replan_late``)."""
     late = plan.late
+    if late is None:
+        raise ValueError("late_replan_line: the plan was not planned again late")
     done = "epoch 2" if late["after_epoch"] == 2 else f"epochs 2-{late['after_epoch']}"
     return (
         f"time budget: {done} took {late['took_s']:.0f} s against "
@@ -87,7 +107,7 @@ def late_replan_line(plan) -> str:
     )
 
 
-def resumed_line(resumed: dict) -> str:
+def resumed_line(resumed: dict[str, Any]) -> str:
     changed = [
         f"{name} {old} -> {new}"
         for name, (old, new) in resumed["changed"].items()
@@ -97,7 +117,7 @@ def resumed_line(resumed: dict) -> str:
     return f"resuming after epoch {resumed['epoch']}, step {resumed['step']}{applied}"
 
 
-def epoch_line(row: dict, epochs: int) -> str:
+def epoch_line(row: dict[str, Any], epochs: int) -> str:
     val = (
         f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}"
         if row["val_acc"] is not None
@@ -110,7 +130,7 @@ def epoch_line(row: dict, epochs: int) -> str:
     )
 
 
-def summary_line(result) -> str:
+def summary_line(result: TrainResult) -> str:
     test = result.test
     scored = f"test accuracy {test.accuracy:.4f} on {test.n} images " if test else "not tested "
     stopped = f" | {result.stopped}" if result.stopped else ""
@@ -120,7 +140,9 @@ def summary_line(result) -> str:
     )
 
 
-def diverged_line(what: str, step: int, steps_per_epoch: int, kept: str, config) -> str:
+def diverged_line(
+    what: str, step: int, steps_per_epoch: int, kept: str, config: TrainConfig
+) -> str:
     epoch = (step - 1) // steps_per_epoch + 1
     clip = "" if config.grad_clip else " or --grad-clip 1.0"
     return (
@@ -129,7 +151,7 @@ def diverged_line(what: str, step: int, steps_per_epoch: int, kept: str, config)
     )
 
 
-def unpublished_data_line(directory) -> str:
+def unpublished_data_line(directory: str | Path) -> str:
     """The warning for files that are not the published dataset (their numbers are not
     Fashion-MNIST's): said once at the start of a train or evaluate command."""
     return (

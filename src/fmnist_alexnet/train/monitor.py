@@ -9,6 +9,7 @@ anything is saved; :func:`weights_are_finite` is the last check before a checkpo
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +46,7 @@ class StepMonitor:
         lr: float,
         images: int,
         last_of_epoch: bool = False,
-    ) -> dict | None:
+    ) -> dict[str, Any] | None:
         """Keep ``step``'s loss (a device tensor: no sync); at a logging step, check and
         report the interval. Returns what was logged, or None between logging steps."""
         self._losses.append(loss)
@@ -74,7 +75,7 @@ class StepMonitor:
             return None
         losses = torch.stack(self._losses).float()
         norms = torch.stack(self._norms).float() if self._norms else losses[:0]
-        bad = 0
+        bad = 0.0
         if self.dist.enabled:  # every rank learns whether any rank saw a bad value
             flags = torch.cat([~torch.isfinite(losses), ~torch.isfinite(norms)])
             bad = self.dist.all_reduce_sum(flags.sum().reshape(1)).item()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -64,7 +65,7 @@ def build_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, _factor(config, steps_per_epoch))
 
 
-def _factor(config: TrainConfig, steps_per_epoch: int):
+def _factor(config: TrainConfig, steps_per_epoch: int) -> Callable[[int], float]:
     total = config.epochs * steps_per_epoch
     warmup = _warmup_steps(config, steps_per_epoch)
     cooldown = total - cooldown_start(config, steps_per_epoch)

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.checkpoint import Checkpoint
+
 import time
+from typing import Any
 
 import torch
 
@@ -10,7 +16,7 @@ from fmnist_alexnet.runtime import Distributed
 
 
 class Progress:
-    def __init__(self, resumed=None, started: float | None = None) -> None:
+    def __init__(self, resumed: Checkpoint | None = None, started: float | None = None) -> None:
         """``resumed``: the checkpoint a run continues from; ``started``: when this process
         began the run (``time.perf_counter()``), so setup counts towards the wall time."""
         self.epoch = resumed.epoch if resumed else 0  # completed epochs
@@ -24,7 +30,9 @@ class Progress:
         self._started = time.perf_counter() if started is None else started
         # loss*n, correct, n of the epoch in progress; on the device while it runs
         self._sums = (
-            resumed.epoch_sums.double().cpu() if resumed else torch.zeros(3, dtype=torch.float64)
+            resumed.epoch_sums.double().cpu()
+            if resumed and resumed.epoch_sums is not None
+            else torch.zeros(3, dtype=torch.float64)
         )
         self._device_sums: torch.Tensor | None = None
 
@@ -49,11 +57,11 @@ class Progress:
     def epoch_sums(self) -> torch.Tensor:
         return self._sums if self._device_sums is None else self._device_sums.cpu()
 
-    def running(self) -> dict:
+    def running(self) -> dict[str, Any]:
         loss_sum, correct, n = self.epoch_sums().tolist()
         return {"loss": f"{loss_sum / max(n, 1):.3f}", "acc": f"{correct / max(n, 1):.3f}"}
 
-    def finish_epoch(self, dist: Distributed) -> dict:
+    def finish_epoch(self, dist: Distributed) -> dict[str, Any]:
         sums = dist.all_reduce_sum(
             self._device_sums if self._device_sums is not None else self._sums.clone()
         )

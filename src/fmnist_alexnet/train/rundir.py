@@ -9,11 +9,8 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-
-try:
-    import fcntl
-except ImportError:  # not POSIX: no run-folder lock
-    fcntl = None
+from types import ModuleType
+from typing import IO, Any
 
 from fmnist_alexnet import checkpoint as ckpt
 from fmnist_alexnet.atomic import (
@@ -22,7 +19,14 @@ from fmnist_alexnet.atomic import (
     remove_temp_files,
     write_error,
 )
+from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError, not_utf8
+
+fcntl: ModuleType | None
+try:
+    import fcntl
+except ImportError:  # not POSIX: no run-folder lock
+    fcntl = None
 
 
 class RunDir:
@@ -31,7 +35,7 @@ class RunDir:
         self.enabled = enabled
         self.checkpoints = self.path / "checkpoints"
         self.metrics = self.path / "metrics.jsonl"
-        self._lock = None
+        self._lock: IO[str] | None = None
         self.removed_temp: list[Path] = []
         self.created = False  # this run made the folder (so may remove it, still empty)
 
@@ -85,7 +89,7 @@ class RunDir:
         self.prepare()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.release()
         if exc[0] is not None:
             self._remove_if_empty()
@@ -104,10 +108,10 @@ class RunDir:
             (self.path / ".lock").unlink()
             self.path.rmdir()
 
-    def write_config(self, config, runtime: dict) -> None:
+    def write_config(self, config: TrainConfig, runtime: dict[str, Any]) -> None:
         self.write_json("config.json", {**config.to_dict(), "runtime": runtime})
 
-    def read_config(self) -> dict:
+    def read_config(self) -> dict[str, Any]:
         """``config.json`` as :meth:`write_config` wrote it, or one error naming the file."""
         path = self.path / "config.json"
         try:
@@ -120,7 +124,7 @@ class RunDir:
             raise FmnistError(f"{path}: not a run config (expected a JSON object of settings)")
         return value
 
-    def write_json(self, name: str, value: dict) -> None:
+    def write_json(self, name: str, value: dict[str, Any]) -> None:
         if self.enabled:
             atomic_write_text(self.path / name, json.dumps(value, indent=2) + "\n")
 
@@ -153,7 +157,7 @@ class RunDir:
             return
         atomic_link_or_copy(self.checkpoints / source, self.checkpoints / target)
 
-    def append_metrics(self, row: dict) -> None:
+    def append_metrics(self, row: dict[str, Any]) -> None:
         if not self.enabled:
             return
         line = memoryview((json.dumps(row) + "\n").encode("utf-8"))
@@ -173,7 +177,7 @@ class RunDir:
         finally:
             os.close(fd)
 
-    def read_metrics(self) -> list[dict]:
+    def read_metrics(self) -> list[dict[str, Any]]:
         """The rows, less a torn last line (a process killed inside the append)."""
         if not self.metrics.is_file():
             return []

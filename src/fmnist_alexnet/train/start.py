@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet.checkpoint import Checkpoint, load_checkpoint
 from fmnist_alexnet.config import TrainConfig, replace, resolve
@@ -58,9 +59,9 @@ class RunComplete(Exception):
 
 def plan_run(
     preset: str | None,
-    overrides: dict,
+    overrides: dict[str, Any],
     resume: str | None,
-    recipe: dict | None = None,
+    recipe: dict[str, Any] | None = None,
 ) -> tuple[TrainConfig, Checkpoint | None]:
     """A new run takes the preset (the recipe's, else ``quick``), the recipe and the
     explicit flags. A resumed run takes the checkpoint's own config, the recipe and the
@@ -96,7 +97,7 @@ def plan_run(
     check_resume_changes(saved, settings, path)
     config = replace(saved, settings)
     if checkpoint.epoch >= config.epochs and resume == "auto":
-        tested = Path(config.out) / "test_metrics.json"
+        tested = Path(settings["out"]) / "test_metrics.json"
         if tested.is_file():  # a requeued job whose run had already ended
             raise RunComplete(f"{config.out} is complete ({tested}); nothing to do")
         return config, checkpoint  # killed after its last epoch: the run goes on to its test
@@ -108,7 +109,9 @@ def plan_run(
     return config, checkpoint
 
 
-def keep_planned_epochs(saved: TrainConfig, settings: dict, path: Path, requeued: bool) -> dict:
+def keep_planned_epochs(
+    saved: TrainConfig, settings: dict[str, Any], path: Path, requeued: bool
+) -> dict[str, Any]:
     """A run sized by ``--time-budget`` keeps the epochs it planned. The same command
     requeued (``--resume auto``) may repeat its ``--epochs`` cap: it is set aside. Any other
     ``--epochs`` needs ``--time-budget 0``, which lifts the plan."""
@@ -124,13 +127,13 @@ def keep_planned_epochs(saved: TrainConfig, settings: dict, path: Path, requeued
     )
 
 
-def resume_changes(saved: TrainConfig, config: TrainConfig) -> dict[str, tuple]:
+def resume_changes(saved: TrainConfig, config: TrainConfig) -> dict[str, tuple[Any, Any]]:
     """Each setting a resumed run changes: name -> (checkpoint's value, new value)."""
     old, new = saved.to_dict(), config.to_dict()
     return {name: (old[name], new[name]) for name in new if old.get(name) != new[name]}
 
 
-def check_resume_changes(saved: TrainConfig, settings: dict, path: Path) -> None:
+def check_resume_changes(saved: TrainConfig, settings: dict[str, Any], path: Path) -> None:
     """Refuse, naming the flag, any change a resumed run could not honour."""
     old_values = saved.to_dict()
     for name, new in settings.items():
@@ -148,7 +151,7 @@ def check_resume_changes(saved: TrainConfig, settings: dict, path: Path) -> None
                 f"--time-budget {new:g}: a resumed run keeps the epochs its start planned; "
                 "only --time-budget 0 (lift the plan, then --epochs applies) can change it"
             )
-        if name == "ema" and (old > 0) != (new > 0):
+        if name == "ema" and ((old or 0) > 0) != (new > 0):
             state = "with" if old else "without"
             raise FmnistError(
                 f"--ema {new}: the checkpoint ({path}) was trained {state} a weight average; "

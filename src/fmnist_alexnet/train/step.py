@@ -3,6 +3,12 @@ schedule, the weight average, precision and DDP. Training and ``bench`` both run
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.train.progress import Progress
+
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
@@ -23,16 +29,19 @@ from fmnist_alexnet.train.optim import apply_resumed_settings, build_optimizer, 
 @dataclass
 class TrainStep:
     model: nn.Module  # the plain module: its weights are checkpointed, averaged, evaluated
-    step_model: nn.Module  # what a step calls: the model, compiled and/or DDP-wrapped
+    # what a step calls: the model, compiled and/or DDP-wrapped
+    step_model: Callable[[torch.Tensor], torch.Tensor]
     optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scheduler: torch.optim.lr_scheduler.LambdaLR
     ema: WeightEma | None
-    amp: AbstractContextManager
+    amp: AbstractContextManager[object]
     label_smoothing: float = 0.0
     grad_clip: float = 0.0
     grad_norm: torch.Tensor | None = None  # the last step's, when clipping computes it
 
-    def forward_loss(self, inputs: torch.Tensor, labels: torch.Tensor):
+    def forward_loss(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with self.amp:
             logits = self.step_model(inputs)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
@@ -40,7 +49,7 @@ class TrainStep:
 
     def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
 
     def update(self) -> None:
         """Clip, step the optimizer and the schedule, then the weight average."""
@@ -53,7 +62,9 @@ class TrainStep:
         if self.ema:
             self.ema.update(self.model)
 
-    def __call__(self, inputs: torch.Tensor, labels: torch.Tensor):
+    def __call__(
+        self, inputs: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimizer step; returns the (detached) loss and logits."""
         loss, logits = self.forward_loss(inputs, labels)
         self.backward(loss)
@@ -62,9 +73,9 @@ class TrainStep:
 
     @property
     def lr(self) -> float:
-        return self.optimizer.param_groups[0]["lr"]
+        return float(self.optimizer.param_groups[0]["lr"])
 
-    def checkpoint(self, config: TrainConfig, progress) -> ckpt.Checkpoint:
+    def checkpoint(self, config: TrainConfig, progress: Progress) -> ckpt.Checkpoint:
         return ckpt.capture(self.model, self.optimizer, self.scheduler, self.ema, config, progress)
 
 
@@ -85,7 +96,7 @@ def build_train_step(
     # draws differently on each rank, and rank 0 exactly as a single process would.
     torch.manual_seed(config.seed + dist.rank)
     if config.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     optimizer = build_optimizer(model, config)
     scheduler = build_scheduler(optimizer, config, steps_per_epoch)
     ema = WeightEma(model, config.ema) if config.ema else None
@@ -94,6 +105,7 @@ def build_train_step(
         apply_resumed_settings(optimizer, scheduler, resume.config, config)
         if dist.rank > 0:  # the checkpoint holds rank 0's RNG; others need streams of their own
             torch.manual_seed(config.seed + dist.rank + 1_000_003 * resume.step)
+    step_model: Callable[[torch.Tensor], torch.Tensor]
     step_model = torch.compile(model) if config.compile else model
     if dist.enabled:
         step_model = DistributedDataParallel(

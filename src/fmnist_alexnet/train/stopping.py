@@ -5,6 +5,11 @@ from __future__ import annotations
 import signal
 import sys
 from collections.abc import Callable
+from types import FrameType
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from fmnist_alexnet.train.progress import Progress
 
 
 class StopOnSigint:
@@ -13,9 +18,9 @@ class StopOnSigint:
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self._previous: Any = None  # the handler to restore: a callable or a signal constant
 
-    def _handle(self, signum, frame) -> None:
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
@@ -28,7 +33,7 @@ class StopOnSigint:
             self._previous = None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
 
@@ -42,7 +47,7 @@ def stop_condition(
     return lambda step: sigint.requested or bool(should_stop(step))
 
 
-def early_stop_reason(progress, patience: int, min_delta: float) -> str | None:
+def early_stop_reason(progress: Progress, patience: int, min_delta: float) -> str | None:
     """Why to stop now: ``patience`` epochs in a row without a validation gain above
     ``min_delta`` (``--early-stop``); None to go on, or when early stopping is off."""
     if not patience or progress.stale_epochs < patience:

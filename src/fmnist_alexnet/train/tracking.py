@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 class Tracker:
@@ -19,7 +20,11 @@ class Tracker:
         pass
 
     def log_final(
-        self, step: int, hparams: dict, metrics: dict, figures: Callable[[], dict]
+        self,
+        step: int,
+        hparams: dict[str, Any],
+        metrics: dict[str, Any],
+        figures: Callable[[], dict[str, Any]],
     ) -> None:
         pass
 
@@ -39,15 +44,20 @@ class TensorBoardTracker(Tracker):
                 self.writer.add_scalar(tag, value, step)
 
     def log_final(
-        self, step: int, hparams: dict, metrics: dict, figures: Callable[[], dict]
+        self,
+        step: int,
+        hparams: dict[str, Any],
+        metrics: dict[str, Any],
+        figures: Callable[[], dict[str, Any]],
     ) -> None:
         """The test figures with the recipe as hparams (in this run's own event file, not
         ``add_hparams``' extra sub-run), and ``figures()`` (matplotlib) as images."""
         from torch.utils.tensorboard.summary import hparams as hparams_summary
 
         values = {key: _hparam_value(value) for key, value in hparams.items()}
-        for summary in hparams_summary(values, metrics):
-            self.writer.file_writer.add_summary(summary, step)
+        writer: Any = self.writer.file_writer  # torch annotates it as None until opened
+        for summary in hparams_summary(values, metrics):  # type: ignore[no-untyped-call]
+            writer.add_summary(summary, step)
         self.log_scalars(step, metrics)
         for tag, figure in figures().items():
             self.writer.add_figure(tag, figure, step)
@@ -87,7 +97,7 @@ def tensorboard_installed() -> bool:
     return True
 
 
-def _hparam_value(value):
+def _hparam_value(value: object) -> bool | int | float | str:
     """TensorBoard's hparams take numbers, strings and booleans only."""
     if value is None:
         return "none"

@@ -3,17 +3,35 @@ and as the exact ``train`` command, a table of every trial, and Optuna's plots."
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+    from optuna import Study
+
+    from fmnist_alexnet.config import TrainConfig
+    from fmnist_alexnet.infer.evaluate import Evaluation
+    from fmnist_alexnet.tune.study import TuneSettings
+
 import json
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet.atomic import atomic_write, atomic_write_text
 from fmnist_alexnet.recipe import recipe_of, reproduce_command, write_recipe
 from fmnist_alexnet.tune.space import trial_config
 
 
-def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float, log) -> dict:
+def write_tune_report(
+    study: Study,
+    preset: str,
+    fixed: dict[str, Any],
+    settings: TuneSettings,
+    seconds: float,
+    log: Callable[[str], None],
+) -> dict[str, Any]:
     import optuna
 
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -21,7 +39,12 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
         state.name.lower(): sum(t.state == state for t in study.trials)
         for state in optuna.trial.TrialState
     }
-    summary = {"study": study.study_name, "trials": counts, "seconds": seconds, "best": None}
+    summary: dict[str, Any] = {
+        "study": study.study_name,
+        "trials": counts,
+        "seconds": seconds,
+        "best": None,
+    }
     out = settings.out
     if done:
         best = study.best_trial
@@ -50,7 +73,7 @@ def write_tune_report(study, preset: str, fixed: dict, settings, seconds: float,
     return summary
 
 
-def _test_once(run_dir: Path, config) -> dict:
+def _test_once(run_dir: Path, config: TrainConfig) -> Evaluation:
     """The official test set (its first ``--limit-eval`` images if the trials had one)."""
     from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
 
@@ -65,7 +88,7 @@ def _test_once(run_dir: Path, config) -> dict:
     )
 
 
-def _plots(study, out: Path, completed: int, log: Callable[[str], None]) -> list[str]:
+def _plots(study: Study, out: Path, completed: int, log: Callable[[str], None]) -> list[str]:
     """Optuna's matplotlib optimization history and (with two or more completed trials)
     parameter importances; none without matplotlib."""
     try:
@@ -77,24 +100,32 @@ def _plots(study, out: Path, completed: int, log: Callable[[str], None]) -> list
     except ImportError:
         log("no tune plots: matplotlib is not installed (pip install 'fmnist-alexnet[report]')")
         return []
-    plots = [("optimization_history.png", vis.plot_optimization_history)]
+    plots: list[tuple[str, Callable[[Study], Any]]] = [
+        ("optimization_history.png", vis.plot_optimization_history)
+    ]
     if completed >= 2:
         plots.append(("param_importances.png", vis.plot_param_importances))
     written = []
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # Optuna marks these plots experimental
         for name, plot in plots:
-            axes = plot(study)
-            figure = axes.figure
+            figure: Figure = plot(study).figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            atomic_write(out / name, lambda handle, f=figure: f.savefig(handle, format="png"))
+            atomic_write(out / name, _png_writer(figure))
             plt.close(figure)
             written.append(name)
     return written
 
 
-def _markdown(study, summary: dict, preset: str, fixed: dict) -> str:
+def _png_writer(figure: Figure) -> Callable[[BinaryIO], None]:
+    def write(handle: BinaryIO) -> None:
+        figure.savefig(handle, format="png")
+
+    return write
+
+
+def _markdown(study: Study, summary: dict[str, Any], preset: str, fixed: dict[str, Any]) -> str:
     best = summary["best"]
     fixed_text = ", ".join(f"{k}={v}" for k, v in fixed.items()) or "none"
     lines = [
@@ -144,7 +175,7 @@ def _markdown(study, summary: dict, preset: str, fixed: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
+def _cell(value: object) -> str:
     if value is None:
         return ""
     return f"{value:.3g}" if isinstance(value, float) else str(value)

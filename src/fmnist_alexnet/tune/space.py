@@ -5,13 +5,20 @@ traceback from Optuna or a study of trials that all fail the same way."""
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet.config import TrainConfig, resolve
 from fmnist_alexnet.errors import FmnistError, not_utf8
-from fmnist_alexnet.recipe import FIELD_KINDS, fits, tomllib
+from fmnist_alexnet.recipe import FIELD_KINDS, fits
 
-DEFAULT_SPACE: dict[str, dict] = {
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "lr": {"type": "float", "low": 1e-4, "high": 3e-3, "log": True},
     "weight_decay": {"type": "float", "low": 1e-4, "high": 0.1, "log": True},
     "label_smoothing": {"type": "float", "low": 0.0, "high": 0.2},
@@ -28,7 +35,9 @@ KINDS = {
 _NOT_SEARCHED = ("out", "preset")
 
 
-def trial_config(preset: str, fixed: dict, params: dict, out) -> TrainConfig:
+def trial_config(
+    preset: str, fixed: dict[str, Any], params: dict[str, Any], out: str | Path
+) -> TrainConfig:
     """The config a trial runs with: the preset, the fixed flags and the sampled ``params``,
     silent, and never under a time budget: trials are compared at equal epochs, where under
     one (quick's, hour's) each would train what its own measured speed allowed (tune has
@@ -37,7 +46,7 @@ def trial_config(preset: str, fixed: dict, params: dict, out) -> TrainConfig:
     return resolve(preset, {**settings, "time_budget": 0.0, "out": str(out)})
 
 
-def read_space(path: str | Path) -> dict:
+def read_space(path: str | Path) -> dict[str, Any]:
     """A TOML search space: one table per TrainConfig field, e.g.
     ``[lr]`` with ``type = "float"``, ``low``, ``high``, ``log = true``, or
     ``[image_size]`` with ``type = "categorical"``, ``choices = [64, 96]``."""
@@ -51,10 +60,10 @@ def read_space(path: str | Path) -> dict:
     except tomllib.TOMLDecodeError as exc:
         raise FmnistError(f"{where}: not valid TOML ({exc})") from None
     check_space(space, where)
-    return space
+    return dict(space)
 
 
-def check_space(space: dict, where: str) -> None:
+def check_space(space: dict[str, Any], where: str) -> None:
     for name, spec in space.items():
         if name not in FIELD_KINDS or name in _NOT_SEARCHED:
             raise FmnistError(f"{where}: {name!r} is not a setting tune can search")
@@ -74,7 +83,7 @@ def check_space(space: dict, where: str) -> None:
             _check_range(where, name, spec)
 
 
-def _check_range(where: str, name: str, spec: dict) -> None:
+def _check_range(where: str, name: str, spec: dict[str, Any]) -> None:
     kind, field = spec["type"], FIELD_KINDS[name]
     if field not in ("int", "float") or (kind == "float" and field == "int"):
         fits = "int" if field == "int" else "categorical"
@@ -92,7 +101,7 @@ def _check_range(where: str, name: str, spec: dict) -> None:
         raise FmnistError(f"{where}: [{name}] log = true needs low > 0, got {low!r}")
 
 
-def _check_choices(where: str, name: str, choices) -> None:
+def _check_choices(where: str, name: str, choices: object) -> None:
     field = FIELD_KINDS[name]
     if not isinstance(choices, list) or not choices:
         raise FmnistError(f"{where}: [{name}] choices should be a non-empty list")
@@ -101,7 +110,7 @@ def _check_choices(where: str, name: str, choices) -> None:
             raise FmnistError(f"{where}: [{name}] choice {value!r} should be {_kind_words(field)}")
 
 
-def _fits(kind: str, value) -> bool:
+def _fits(kind: str, value: Any) -> bool:
     """The recipe file's type rule, with finite bounds and choices for a float."""
     return fits(kind, value) and (kind != "float" or math.isfinite(value))
 

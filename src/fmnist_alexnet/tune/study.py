@@ -10,12 +10,20 @@ best trial, at the end.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from optuna import Study, Trial
+    from optuna.trial import FrozenTrial
+
 import math
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError
@@ -29,7 +37,7 @@ class TuneSettings:
     timeout: float | None = None  # seconds; stop starting trials after it
     storage: str | None = None  # default: sqlite:///OUT/study.db
     study: str = "fmnist-alexnet"
-    space: dict = field(default_factory=lambda: dict(DEFAULT_SPACE))
+    space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     startup_trials: int = 5  # TPE samples at random until this many trials exist
     prune_startup: int = 3  # completed trials before the pruner prunes
     prune_warmup: int = 1  # epochs a trial trains before it can be pruned
@@ -38,10 +46,10 @@ class TuneSettings:
 
 def tune(
     preset: str,
-    fixed: dict,
+    fixed: dict[str, Any],
     settings: TuneSettings,
     log: Callable[[str], None] = print,
-) -> dict:
+) -> dict[str, Any]:
     """Run ``settings.trials`` more trials of the study; report, recipe and plots in OUT."""
     started = time.perf_counter()
     optuna = _import_optuna()
@@ -78,11 +86,19 @@ class _Objective:
     """One trial: sample a recipe, train it as an ordinary run without testing, report each
     epoch's validation accuracy to the pruner; the value is the best validation accuracy."""
 
-    def __init__(self, optuna, preset, fixed, space, out: Path, log) -> None:
+    def __init__(
+        self,
+        optuna: ModuleType,
+        preset: str,
+        fixed: dict[str, Any],
+        space: dict[str, Any],
+        out: Path,
+        log: Callable[[str], None],
+    ) -> None:
         self.optuna, self.preset, self.fixed, self.space = optuna, preset, fixed, space
         self.out, self.log = out, log
 
-    def __call__(self, trial) -> float:
+    def __call__(self, trial: Trial) -> float:
         from fmnist_alexnet.train import TrainingDiverged, train
 
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
@@ -94,7 +110,7 @@ class _Objective:
             trial.set_user_attr("error", str(exc))
             return math.nan
 
-        def on_epoch(row: dict) -> str | None:
+        def on_epoch(row: dict[str, Any]) -> str | None:
             trial.report(row["val_acc"], row["epoch"])
             if trial.should_prune():
                 return f"pruned by tune at epoch {row['epoch']}: below the median of trials"
@@ -113,17 +129,24 @@ class _Objective:
         trial.set_user_attr("wall_s", result.wall_s)
         if result.stopped and result.stopped.startswith("pruned"):
             raise self.optuna.TrialPruned(result.stopped)
-        return result.best_val_accuracy
+        best = result.best_val_accuracy
+        return math.nan if best is None else best
 
 
-def _suggest(trial, name: str, spec: dict):
+def _suggest(trial: Trial, name: str, spec: dict[str, Any]) -> Any:
     if spec["type"] == "categorical":
         return trial.suggest_categorical(name, list(spec["choices"]))
     suggest = trial.suggest_int if spec["type"] == "int" else trial.suggest_float
     return suggest(name, spec["low"], spec["high"], log=bool(spec.get("log", False)))
 
 
-def _open_study(optuna, preset: str, fixed: dict, space: dict, settings: TuneSettings):
+def _open_study(
+    optuna: ModuleType,
+    preset: str,
+    fixed: dict[str, Any],
+    space: dict[str, Any],
+    settings: TuneSettings,
+) -> Study:
     """Create or load the study; a loaded one must have been run with the same preset,
     fixed settings and space (its trials would not be comparable otherwise)."""
     storage = settings.storage or f"sqlite:///{(settings.out / 'study.db').resolve()}"
@@ -155,17 +178,20 @@ def _open_study(optuna, preset: str, fixed: dict, space: dict, settings: TuneSet
             f"study {settings.study!r} in {storage} was run with another {differs} "
             f"({saved}); pass the same flags to add trials, or another --study/--out"
         )
-    return study
+    opened: Study = study
+    return opened
 
 
-def _jsonable(value):
+def _jsonable(value: object) -> Any:
     """What the storage gives back for ``value`` (JSON: tuples become lists)."""
     import json
 
     return json.loads(json.dumps(value))
 
 
-def _enqueue_preset(study, base: TrainConfig, space: dict, log) -> None:
+def _enqueue_preset(
+    study: Study, base: TrainConfig, space: dict[str, Any], log: Callable[[str], None]
+) -> None:
     """Trial 0 is the preset's own recipe at the same budget when it lies in the space: the
     baseline every other trial is compared with."""
     params = {name: getattr(base, name) for name in space}
@@ -183,7 +209,7 @@ def _enqueue_preset(study, base: TrainConfig, space: dict, log) -> None:
     log(f"trial 0 is the {base.preset} preset's own recipe (the baseline)")
 
 
-def _trial_line(trial) -> str:
+def _trial_line(trial: FrozenTrial) -> str:
     state = trial.state.name.lower()
     value = f"val acc {trial.value:.4f}" if trial.value is not None else state
     if state == "pruned":
@@ -194,11 +220,11 @@ def _trial_line(trial) -> str:
     return f"trial {trial.number}: {value} ({params})"
 
 
-def _short(value) -> str:
+def _short(value: object) -> str:
     return f"{value:.3g}" if isinstance(value, float) and math.isfinite(value) else str(value)
 
 
-def _import_optuna():
+def _import_optuna() -> ModuleType:
     try:
         import optuna
     except ImportError:
