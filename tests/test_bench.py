@@ -116,3 +116,51 @@ def test_bench_text_says_what_it_timed(capsys):
         "fp32, 63 px, batch 8, torch " + torch.__version__ + ", one window of 1 step"
     )
     assert rest[0].startswith("  train, our pipeline") and rest[0].endswith(" img/s")
+
+
+def test_bench_inference_times_each_model_side_by_side(tiny_run, tmp_path, capsys):
+    from fmnist_alexnet.infer.export import export
+
+    best = tiny_run / "checkpoints" / "best.pt"
+    onnx = tmp_path / "tiny.onnx"
+    export(best, "onnx", onnx, check_images=8)
+    threads = torch.get_num_threads()
+    argv = ["bench", "--inference", str(best), str(onnx), "--windows", "1", "--threads", "1"]
+    assert main([*argv, "--json"]) == 0
+    assert torch.get_num_threads() == threads  # put back: the count is process-wide
+    result = json.loads(capsys.readouterr().out)
+    assert (result["threads"], result["windows"], result["latency_calls"]) == (1, 1, 100)
+    timed_torch, timed_onnx = result["models"]
+    assert (timed_torch["model"], timed_torch["engine"]) == (str(best), "torch")
+    assert (timed_onnx["engine"], timed_onnx["precision"]) == ("onnx", "fp32")
+    assert timed_onnx["model_bytes"] == onnx.stat().st_size
+    assert timed_torch["model_bytes"] == 4 * 4666  # the small network's float32 weights
+    for timed in (timed_torch, timed_onnx):
+        assert 0 < timed["p50_ms"] <= timed["p99_ms"]
+        assert set(timed["images_per_sec"]) == {"32", "64"}
+        assert all(rate > 0 for rate in timed["images_per_sec"].values())
+    assert main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 5 and "1 intra-op thread," in lines[0]
+    assert lines[-1].startswith(f"  {onnx} against {best}: ") and "x the p50 latency" in lines[-1]
+
+
+def test_a_dynamic_int8_export_and_one_that_disagrees_too_much(tiny_run, tmp_path, monkeypatch):
+    from fmnist_alexnet.errors import FmnistError
+    from fmnist_alexnet.infer import export as export_module
+
+    best = tiny_run / "checkpoints" / "best.pt"
+    dynamic = tmp_path / "dynamic.onnx"
+    result = export_module.export(
+        best, "onnx", dynamic, check_images=64, quantize="int8", method="dynamic"
+    )
+    made = result["contract"]["quantization"]
+    assert made["method"] == "dynamic" and "calibration" not in made
+    assert made["check"]["images"] == 64 and made["check"]["top1_agreement"] >= 0.98
+    monkeypatch.setattr(export_module, "MIN_INT8_AGREEMENT", 1.01)
+    refused = tmp_path / "refused.onnx"
+    with pytest.raises(FmnistError, match=r"agrees with float32 on .* nothing written"):
+        export_module.export(
+            best, "onnx", refused, check_images=64, quantize="int8", calibration_images=32
+        )
+    assert not refused.exists()

@@ -20,7 +20,8 @@ from fmnist_alexnet.data.sources import load_splits
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.figures import MAX_EPOCH_TICKS, curves_figure, pyplot, samples_figure
 from fmnist_alexnet.infer.evaluate import evaluate_checkpoint
-from fmnist_alexnet.infer.export import FORMATS, OnnxModel, export
+from fmnist_alexnet.infer.export import FORMATS, export
+from fmnist_alexnet.infer.onnx_model import OnnxModel
 from fmnist_alexnet.recipe import reproduce_command
 from fmnist_alexnet.report import _time_line, model_card
 
@@ -217,7 +218,8 @@ def test_predict_picks_onnxruntime_for_an_onnx_file(run_dir, tmp_path, real_data
         assert main(["predict", str(path), *map(str, tmp_path.glob("*.png")), *engine]) == 0
         printed.append(capsys.readouterr().out)
     assert printed[0] == printed[1] and printed[0].count("\n") == 4
-    assert main(["evaluate", str(path)]) == 2  # a torch-only command says what it needs
+    again = ["export", str(path), "--format", "pt2", "--out", str(tmp_path / "m.pt2")]
+    assert main(again) == 2  # a torch-only command says what it needs
     assert "an ONNX export, not a checkpoint" in capsys.readouterr().err
 
 
@@ -240,3 +242,81 @@ def test_model_card_names_the_epoch_best_pt_holds_with_no_validation_split(modul
     assert (
         "- Training on 256 images; no validation split (the last epoch is the one tested);" in card
     )
+
+
+@pytest.fixture(scope="module")
+def int8_onnx(run_dir, tmp_path_factory):
+    """The small run's int8 export, written once through the CLI (128 calibration images)."""
+    path = tmp_path_factory.mktemp("int8") / "model.int8.onnx"
+    best = run_dir / "checkpoints" / "best.pt"
+    argv = ["export", str(best), "--format", "onnx", "--quantize", "int8", "--out", str(path)]
+    proc = subprocess.run(
+        [sys.executable, "-m", "fmnist_alexnet", *argv, "--calibration-images", "128"],
+        capture_output=True,
+        text=True,
+    )
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    yield path, proc.stdout.splitlines()
+    path.unlink()
+
+
+def test_an_int8_export_is_a_quarter_of_the_weights_and_says_how_it_was_made(run_dir, int8_onnx):
+    from fmnist_alexnet.infer.quantize import needs_reduce_range
+
+    path, lines = int8_onnx
+    assert len(lines) == 3 and "onnx int8" in lines[0]
+    assert re.fullmatch(
+        r"int8 \(static: .*calibrated on 128 training images; .*\): accuracy .*", lines[2]
+    )
+    float_bytes = 4 * sum(
+        p.numel() for p in load_model(run_dir / "checkpoints" / "best.pt").model.parameters()
+    )
+    assert path.stat().st_size < float_bytes / 3.5
+    contract = stored_contract("onnx", path)
+    made = contract.pop("quantization")
+    assert contract == load_model(run_dir / "checkpoints" / "best.pt", "cpu").spec.export_contract()
+    assert made["dtype"] == "int8" and made["method"] == "static"
+    assert made["calibration"] == {"images": 128, "split": "train", "seed": 0, "ranges": "MinMax"}
+    assert made["reduce_range"] == needs_reduce_range()
+    check = made["check"]
+    assert check["images"] == 512 and check["top1_agreement"] >= 0.98
+    assert abs(check["accuracy"] - check["float32_accuracy"]) <= 0.02
+
+
+def test_evaluate_and_predict_take_an_int8_export_as_they_take_a_checkpoint(
+    run_dir, int8_onnx, tmp_path, real_data, capsys
+):
+    path, _ = int8_onnx
+    assert main(["evaluate", str(path), "--json", "--limit-eval", "1000"]) == 0
+    int8 = json.loads(capsys.readouterr().out)
+    best = str(run_dir / "checkpoints" / "best.pt")
+    assert main(["evaluate", best, "--json", "--limit-eval", "1000", "--precision", "fp32"]) == 0
+    fp32 = json.loads(capsys.readouterr().out)
+    assert int8["n"] == fp32["n"] == 1000 and abs(int8["accuracy"] - fp32["accuracy"]) <= 0.02
+    assert int8["confusion_matrix"] != fp32["confusion_matrix"] or int8["loss"] != fp32["loss"]
+    assert main(["evaluate", str(path), "--split", "val"]) == 2  # an export has no val split
+    assert "carries no validation split" in capsys.readouterr().err
+    for i, image in enumerate(load_splits(real_data)["test"][0][:8]):
+        Image.fromarray(image).save(tmp_path / f"{i}.png")
+    assert main(["predict", str(path), str(tmp_path), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == 8 and all(row["top"][0]["prob"] > 0 for row in rows)
+
+
+def test_quantize_is_refused_in_one_line_outside_onnx(run_dir, tmp_path, capsys):
+    best = str(run_dir / "checkpoints" / "best.pt")
+    argv = ["export", best, "--format", "pt2", "--quantize", "int8", "--out", str(tmp_path / "m")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "only int8, and only with --format onnx" in err
+    assert not (tmp_path / "m").exists()
+
+
+def test_serve_says_an_int8_export_is_int8(int8_onnx):
+    from fmnist_alexnet.serve.loading import load_served
+
+    path, _ = int8_onnx
+    model, info = load_served(path, threads=1)
+    assert (info["engine"], info["precision"]) == ("onnx", "int8")
+    assert info["contract"]["quantization"]["method"] == "static"
+    assert model.logits(torch.zeros(3, 1, 28, 28, dtype=torch.uint8)).shape == (3, 10)

@@ -145,8 +145,8 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise FmnistError(f"{path}: checkpoint not found")
     if path.suffix.lower() == ".onnx":
         raise FmnistError(
-            f"{path}: an ONNX export, not a checkpoint (predict and serve run it with "
-            "--engine auto or onnx; the other commands need the .pt it was exported from)"
+            f"{path}: an ONNX export, not a checkpoint (predict, evaluate and serve run it; "
+            "the other commands need the .pt it was exported from)"
         )
     try:
         with warnings.catch_warnings():  # e.g. "pickle protocol 4": the error below says it

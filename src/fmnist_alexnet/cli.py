@@ -31,10 +31,13 @@ from fmnist_alexnet.data import sources
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.engines import ENGINES, load_classifier
 from fmnist_alexnet.infer.evaluate import TTA_CHOICES
-from fmnist_alexnet.infer.export import FORMATS
+from fmnist_alexnet.infer.export import CHECK_IMAGES, FORMATS
+from fmnist_alexnet.infer.quantize import CALIBRATION_IMAGES, int8_line
+from fmnist_alexnet.infer.quantize import METHODS as QUANTIZE_METHODS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 
 if TYPE_CHECKING:
+    from fmnist_alexnet.bench.inference import InferenceBenchmark
     from fmnist_alexnet.bench.timing import Benchmark
     from fmnist_alexnet.infer.predict import Prediction
 
@@ -272,6 +275,31 @@ def _add_export(commands: Commands) -> None:
     export.add_argument("checkpoint", help=CHECKPOINT_HELP)
     export.add_argument("--format", choices=FORMATS, required=True, help="the file format")
     export.add_argument("--out", required=True, metavar="FILE", help="the file to write")
+    export.add_argument(
+        "--quantize",
+        choices=["int8"],
+        help="ONNX only: ONNX Runtime's int8 model, checked against float32 (docs/export.md)",
+    )
+    export.add_argument(
+        "--quantize-method",
+        choices=QUANTIZE_METHODS,
+        default="static",
+        help="static: every layer int8, calibrated (default); dynamic: linear layers' weights",
+    )
+    export.add_argument(
+        "--calibration-images",
+        type=integer(1),
+        default=CALIBRATION_IMAGES,
+        metavar="N",
+        help=f"training images that calibrate static int8 ({CALIBRATION_IMAGES})",
+    )
+    export.add_argument(
+        "--check-images",
+        type=integer(1),
+        default=CHECK_IMAGES,
+        metavar="N",
+        help=f"test images the export is checked on ({CHECK_IMAGES}; 10000 for all)",
+    )
     _data_dir_flag(export)
 
 
@@ -312,6 +340,16 @@ def _add_bench(commands: Commands) -> None:
         help="also break a step into data, forward, backward, optimizer, and on the CPU "
         "into convolutions, linear layers and optimizer with their GFLOP/s",
     )
+    bench.add_argument(
+        "--inference",
+        nargs="+",
+        metavar="MODEL",
+        help="time answering instead of training: batch-1 latency and batch 32/64 img/s of "
+        "each checkpoint, run folder or .onnx, side by side (docs/benchmarks.md)",
+    )
+    bench.add_argument(
+        "--threads", type=integer(1, 256), help="--inference: intra-op threads (every core)"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -343,6 +381,11 @@ def _add_serve(commands: Commands) -> None:
     )
     serve.add_argument("--max-files", type=integer(1), default=64, help="files per request (64)")
     serve.add_argument("--data-dir", help="the dataset, for the page's test images")
+    serve.add_argument(
+        "--threads",
+        type=integer(1, 256),
+        help="intra-op threads of the forward pass (default: the engine's own, every core)",
+    )
 
 
 def _add_tune(commands: Commands) -> None:
@@ -508,6 +551,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
+    if args.inference:
+        return _bench_inference(args)
     from fmnist_alexnet.bench.timing import bench
 
     overrides = _given(args, BENCH_FLAGS)
@@ -527,6 +572,49 @@ def _bench(args: argparse.Namespace) -> int:
     for line in _bench_lines(result):
         print(line)
     return 0
+
+
+def _bench_inference(args: argparse.Namespace) -> int:
+    from fmnist_alexnet.bench.inference import bench_inference
+
+    result = bench_inference(
+        args.inference, threads=args.threads, windows=args.windows, data_dir=args.data_dir
+    )
+    if args.json:
+        print(json.dumps(result.to_dict()))
+        return 0
+    for line in _inference_lines(result):
+        print(line)
+    return 0
+
+
+def _inference_lines(r: InferenceBenchmark) -> list[str]:
+    sizes = list(r.models[0].images_per_sec)
+    lines = [
+        f"{r.device_name}: {r.threads} intra-op thread{'s' * (r.threads != 1)}, torch {r.torch}, "
+        f"{r.windows} window{'s' * (r.windows != 1)} alternating between the models after a "
+        f"warm-up; batch-1 p50/p99 over {r.latency_calls} calls each",
+        f"  {'engine':6} {'precision':9} {'MiB':>7} {'p50 ms':>7} {'p99 ms':>7} "
+        + " ".join(f"{'img/s@' + str(size):>10}" for size in sizes)
+        + "  model",
+    ]
+    first = r.models[0]
+    for m in r.models:
+        rates = " ".join(f"{m.images_per_sec[size]:10.0f}" for size in sizes)
+        lines.append(
+            f"  {m.engine:6} {m.precision:9} {m.model_bytes / 2**20:7.1f} {m.p50_ms:7.2f} "
+            f"{m.p99_ms:7.2f} {rates}  {m.model}"
+        )
+    for m in r.models[1:]:
+        ratios = ", ".join(
+            f"{m.images_per_sec[size] / first.images_per_sec[size]:.2f}x img/s@{size}"
+            for size in sizes
+        )
+        lines.append(
+            f"  {m.model} against {first.model}: {m.p50_ms / first.p50_ms:.2f}x the p50 "
+            f"latency, {ratios}, {first.model_bytes / m.model_bytes:.2f}x smaller"
+        )
+    return lines
 
 
 def _bench_lines(r: Benchmark) -> list[str]:
@@ -614,9 +702,19 @@ def _write_csv(results: list[Prediction], stream: TextIO) -> None:
 def _export(args: argparse.Namespace) -> int:
     from fmnist_alexnet.infer.export import export
 
-    result = export(args.checkpoint, fmt=args.format, out=args.out, data_dir=args.data_dir)
+    result = export(
+        args.checkpoint,
+        fmt=args.format,
+        out=args.out,
+        data_dir=args.data_dir,
+        check_images=args.check_images,
+        quantize=args.quantize,
+        method=args.quantize_method,
+        calibration_images=args.calibration_images,
+    )
+    kind = result["format"] + (" int8" if args.quantize else "")
     print(
-        f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {result['format']}); "
+        f"wrote {result['path']} ({result['bytes'] / 2**20:.1f} MiB, {kind}); "
         f"input {result['input']}"
     )
     print(
@@ -624,6 +722,8 @@ def _export(args: argparse.Namespace) -> int:
         f"difference {result['max_abs_logit_diff']:.3g}, top-1 agreement "
         f"{100 * result['top1_agreement']:.2f} %"
     )
+    if args.quantize:
+        print(int8_line(result["contract"]["quantization"]))
     return 0
 
 
@@ -651,6 +751,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings=settings,
         data_dir=args.data_dir,
         log=lambda line: print(line, flush=True),
+        threads=args.threads,
     )
     return 0
 

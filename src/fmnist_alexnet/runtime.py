@@ -61,18 +61,31 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cores = f"{os.cpu_count()} cores, {torch.get_num_threads()} threads"
-    try:
-        with open(CPUINFO, encoding="utf-8") as handle:
-            pairs = (line.split(":", 1) for line in handle if ":" in line)
-            fields: dict[str, str] = {}
-            for key, value in pairs:  # the first processor's fields
-                fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        fields = {}
+    fields = _cpuinfo()
     if "model name" not in fields:
         return f"cpu ({cores})"
     family = fields.get("cpu family", "?")
     return f"{fields['model name']} (family {family} model {fields.get('model', '?')}, {cores})"
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags as Linux lists them (``avx2``, ``avx512_vnni``...); empty
+    where /proc/cpuinfo is not there."""
+    return set(_cpuinfo().get("flags", "").split())
+
+
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields in /proc/cpuinfo; empty where it cannot be read."""
+    fields: dict[str, str] = {}
+    try:
+        with open(CPUINFO, encoding="utf-8") as handle:
+            for line in handle:
+                if ":" in line:
+                    key, value = line.split(":", 1)
+                    fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        return {}
+    return fields
 
 
 def synchronize(device: torch.device) -> None:

@@ -19,13 +19,19 @@ def pick_engine(path: str | Path, engine: str = "auto") -> str:
 
 
 def load_classifier(
-    path: str | Path, engine: str = "auto", device: str = "auto", precision: str = "auto"
+    path: str | Path,
+    engine: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> tuple[Classifier, str]:
     """The classifier in ``path`` and the engine that runs it. An ONNX model runs on the CPU
-    in float32 whatever ``device`` and ``precision`` say."""
+    in its own precision (float32, or int8 for a quantized export) whatever ``device`` and
+    ``precision`` say, with ``threads`` intra-op threads (PyTorch's are process-wide:
+    ``torch.set_num_threads``)."""
     engine = pick_engine(path, engine)
     if engine == "onnx":
-        from fmnist_alexnet.infer.export import OnnxModel
+        from fmnist_alexnet.infer.onnx_model import OnnxModel
 
-        return OnnxModel.load(path), engine
+        return OnnxModel.load(path, threads), engine
     return load_model(path, device, precision), engine

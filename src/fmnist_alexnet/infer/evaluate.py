@@ -14,8 +14,10 @@ from torch import nn
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, validation_split
-from fmnist_alexnet.data.sources import find_data, is_published, load_split
+from fmnist_alexnet.data.sources import DataSource, find_data, is_published, load_split
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.engines import load_classifier, pick_engine
+from fmnist_alexnet.infer.predict import Classifier
 from fmnist_alexnet.runtime import Distributed, autocast
 
 TTA_CHOICES = ("none", "flip")
@@ -73,40 +75,77 @@ def evaluate(
     ``tta="flip"`` scores each image by the mean of the softmax over it and over its
     horizontal mirror; the loss is then the negative log of that mean probability.
     """
-    if tta not in TTA_CHOICES:
-        raise FmnistError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_CHOICES}")
+    _check_tta(tta)
     dist = dist or Distributed()
     was_training = model.training
     model.eval()
-    device = data.labels.device
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    tally = _Tally(num_classes, data.labels.device)
     batches = eval_batches(data, batch_size, preprocess, dist.rank, dist.world_size, channels_last)
     for inputs, labels in batches:
         with autocast:
             logits = model(inputs).float()
-            if tta == "flip":
-                mirrored = model(inputs.flip(-1)).float()
-        if tta == "flip":
+            mirrored = model(inputs.flip(-1)).float() if tta == "flip" else None
+        tally.add(logits, mirrored, labels)
+    model.train(was_training)
+    return tally.metrics(dist)
+
+
+@torch.no_grad()
+def evaluate_classifier(
+    model: Classifier, data: DeviceData, *, batch_size: int, tta: str = "none"
+) -> Metrics:
+    """:func:`evaluate` for any engine's classifier (an ``.onnx`` export too): each batch of
+    uint8 images through ``model.logits``, which prepares them as its contract says. The
+    mirror of ``tta="flip"`` is taken of the 28x28 image, before the resize (which commutes
+    with it)."""
+    _check_tta(tta)
+    tally = _Tally(model.spec.num_classes, data.labels.device)
+    for start in range(0, len(data), batch_size):
+        images = data.images[start : start + batch_size]
+        logits = model.logits(images).float()
+        mirrored = model.logits(images.flip(-1)).float() if tta == "flip" else None
+        tally.add(logits, mirrored, data.labels[start : start + batch_size])
+    return tally.metrics(Distributed())
+
+
+class _Tally:
+    """Summed loss and the confusion matrix of the batches seen so far."""
+
+    def __init__(self, num_classes: int, device: torch.device) -> None:
+        self.num_classes = num_classes
+        self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+
+    def add(
+        self, logits: torch.Tensor, mirrored: torch.Tensor | None, labels: torch.Tensor
+    ) -> None:
+        if mirrored is not None:
             probabilities = (logits.softmax(1) + mirrored.softmax(1)) / 2
             scores = probabilities.clamp_min(torch.finfo(torch.float32).tiny).log()
-            loss_sum += F.nll_loss(scores, labels, reduction="sum").double()
+            self.loss_sum += F.nll_loss(scores, labels, reduction="sum").double()
         else:
             scores = logits
-            loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+            self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
         predictions = scores.argmax(1)
-        confusion += torch.bincount(labels * num_classes + predictions, minlength=num_classes**2)
-    dist.all_reduce_sum(loss_sum)
-    dist.all_reduce_sum(confusion)
-    model.train(was_training)
-    confusion = confusion.view(num_classes, num_classes).cpu()
-    n = int(confusion.sum())
-    return Metrics(
-        n=n,
-        loss=float(loss_sum) / max(n, 1),
-        accuracy=float(confusion.diagonal().sum()) / max(n, 1),
-        confusion_matrix=confusion.tolist(),
-    )
+        k = self.num_classes
+        self.confusion += torch.bincount(labels * k + predictions, minlength=k**2)
+
+    def metrics(self, dist: Distributed) -> Metrics:
+        dist.all_reduce_sum(self.loss_sum)
+        dist.all_reduce_sum(self.confusion)
+        confusion = self.confusion.view(self.num_classes, self.num_classes).cpu()
+        n = int(confusion.sum())
+        return Metrics(
+            n=n,
+            loss=float(self.loss_sum) / max(n, 1),
+            accuracy=float(confusion.diagonal().sum()) / max(n, 1),
+            confusion_matrix=confusion.tolist(),
+        )
+
+
+def _check_tta(tta: str) -> None:
+    if tta not in TTA_CHOICES:
+        raise FmnistError(f"unknown test-time augmentation {tta!r}; choose one of {TTA_CHOICES}")
 
 
 def per_class_accuracy(confusion: list[list[int]], class_names: Sequence[str]) -> dict[str, float]:
@@ -138,6 +177,8 @@ def evaluate_checkpoint(
         raise FmnistError(f"--batch-size must be > 0, got {batch_size}")
     if limit < 0:
         raise FmnistError(f"--limit-eval must be >= 0, got {limit}")
+    if pick_engine(path) == "onnx":
+        return _evaluate_export(path, split, data_dir, batch_size, tta, limit)
     loaded = load_model(path, device, precision)
     if split == "val" and not loaded.config.val_size:
         raise FmnistError(f"{path}: this run held out no validation split (--val-size 0)")
@@ -158,13 +199,32 @@ def evaluate_checkpoint(
         channels_last=True,
         tta=tta,
     )
+    return _evaluation(result, split, tta, loaded.spec.class_names, source)
+
+
+def _evaluate_export(
+    path: str | Path, split: str, data_dir: str | None, batch_size: int, tta: str, limit: int
+) -> Evaluation:
+    """An ``.onnx`` export (float32 or int8) on the test set, run by ONNX Runtime."""
+    if split != "test":
+        raise FmnistError(f"{path}: an export carries no validation split; use --split test")
+    model, _ = load_classifier(path, "onnx")
+    source = find_data(data_dir)
+    data = DeviceData.from_numpy(*load_split(source, "test"), "cpu").head(limit)
+    result = evaluate_classifier(model, data, batch_size=batch_size, tta=tta)
+    return _evaluation(result, split, tta, model.spec.class_names, source)
+
+
+def _evaluation(
+    result: Metrics, split: str, tta: str, class_names: Sequence[str], source: DataSource
+) -> Evaluation:
     return Evaluation(
         split=split,
         tta=tta,
         n=result.n,
         accuracy=result.accuracy,
         loss=result.loss,
-        per_class=per_class_accuracy(result.confusion_matrix, loaded.spec.class_names),
+        per_class=per_class_accuracy(result.confusion_matrix, class_names),
         confusion_matrix=result.confusion_matrix,
         data_published=is_published(source),
         data_directory=str(source.directory),

@@ -16,7 +16,6 @@ import tempfile
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +27,20 @@ from fmnist_alexnet.atomic import atomic_write_bytes
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.onnx_model import CONTRACT_KEY, onnx_session
+from fmnist_alexnet.infer.quantize import (
+    CALIBRATION_IMAGES,
+    calibration_indices,
+    needs_reduce_range,
+    quantize_onnx,
+)
 from fmnist_alexnet.spec import ModelSpec
 
 FORMATS = ("onnx", "pt2", "torchscript", "safetensors")
 CHECK_IMAGES = 512
-CONTRACT_KEY = "fmnist_alexnet"
 CONTRACT_FILE = "fmnist_alexnet.json"
 MAX_BATCH = 65536
+MIN_INT8_AGREEMENT = 0.98  # top-1 answers the int8 model must share with float32
 
 
 def export(
@@ -43,39 +49,100 @@ def export(
     out: str | Path,
     data_dir: str | Path | None = None,
     check_images: int = CHECK_IMAGES,
+    quantize: str | None = None,
+    method: str = "static",
+    calibration_images: int = CALIBRATION_IMAGES,
 ) -> dict[str, Any]:
-    """Write the model in ``fmt`` to ``out``; return parity figures on real test images."""
+    """Write the model in ``fmt`` to ``out``; return parity figures on real test images.
+    ``quantize="int8"`` (ONNX only) writes ONNX Runtime's int8 model instead, calibrated on
+    ``calibration_images`` training images (:mod:`quantize`), and refuses to write one whose
+    top-1 answers agree with float32's on less than ``MIN_INT8_AGREEMENT`` of them."""
     if fmt not in FORMATS:
         raise FmnistError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+    if quantize is not None and (quantize != "int8" or fmt != "onnx"):
+        raise FmnistError(f"--quantize {quantize}: only int8, and only with --format onnx")
     loaded = load_model(checkpoint, "cpu")
     model = loaded.model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     model = model.float().eval()
-    spec = loaded.spec
+    spec, contract = loaded.spec, loaded.spec.export_contract()
     example = torch.zeros(2, 1, spec.image_size, spec.image_size)
-    writer = {
-        "onnx": _write_onnx,
-        "pt2": _write_pt2,
-        "torchscript": _write_torchscript,
-        "safetensors": _write_safetensors,
-    }[fmt]
-    out = Path(out)
-    atomic_write_bytes(out, writer(model, example, json.dumps(spec.export_contract())))
-
-    images = load_split(find_data(data_dir), "test")[0][:check_images]
+    source = find_data(data_dir)
+    images, labels = (part[:check_images] for part in load_split(source, "test"))
     inputs = loaded.preprocess(torch.from_numpy(images.copy())[:, None])
     with torch.no_grad():
         reference = model(inputs).numpy()
-    exported = run_exported(fmt, out, inputs, spec)
+    out = Path(out)
+    if quantize:
+        train_images = load_split(source, "train")[0]
+        picked = train_images[calibration_indices(len(train_images), calibration_images)]
+        calibration = loaded.preprocess(torch.from_numpy(picked)[:, None]).numpy()
+        data, check = _int8_onnx(
+            model, example, contract, method, calibration, inputs, reference, labels
+        )
+        atomic_write_bytes(out, data)
+        contract = {**contract, "quantization": check}
+    else:
+        atomic_write_bytes(out, WRITERS[fmt](model, example, json.dumps(contract)))
+        exported = run_exported(fmt, out, inputs, spec)
+        check = {"check": _parity(exported, reference, labels)}
     return {
         "format": fmt,
         "path": str(out),
         "bytes": out.stat().st_size,
-        "images": len(images),
+        **check["check"],
+        "input": f"float32 [batch, 1, {spec.image_size}, {spec.image_size}]",
+        "contract": contract,
+    }
+
+
+def _parity(exported: np.ndarray, reference: np.ndarray, labels: np.ndarray) -> dict[str, Any]:
+    """How the exported model's logits compare with PyTorch's float32 ones on test images."""
+    return {
+        "images": len(labels),
         "max_abs_logit_diff": float(np.abs(exported - reference).max()),
         "top1_agreement": float((exported.argmax(1) == reference.argmax(1)).mean()),
-        "input": f"float32 [batch, 1, {spec.image_size}, {spec.image_size}]",
-        "contract": spec.export_contract(),
+        "accuracy": float((exported.argmax(1) == labels).mean()),
+        "float32_accuracy": float((reference.argmax(1) == labels).mean()),
     }
+
+
+def _int8_onnx(
+    model: nn.Module,
+    example: torch.Tensor,
+    contract: dict[str, Any],
+    method: str,
+    calibration: np.ndarray,
+    inputs: torch.Tensor,
+    reference: np.ndarray,
+    labels: np.ndarray,
+) -> tuple[bytes, dict[str, Any]]:
+    """The int8 file's bytes, its contract carrying what was quantized and how it checked."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        float_path, int8_path = Path(tmp) / "float32.onnx", Path(tmp) / "int8.onnx"
+        float_path.write_bytes(_write_onnx(model, example, json.dumps(contract)))
+        facts = quantize_onnx(float_path, int8_path, method, calibration, needs_reduce_range())
+        logits = np.asarray(onnx_session(int8_path).run(None, {"input": inputs.numpy()})[0])
+        proto = onnx.load(str(int8_path))
+    facts["check"] = check = _parity(logits, reference, labels)
+    if check["top1_agreement"] < MIN_INT8_AGREEMENT:
+        raise FmnistError(
+            f"the int8 model agrees with float32 on {100 * check['top1_agreement']:.1f} % of "
+            f"{check['images']} test images, under {100 * MIN_INT8_AGREEMENT:g} %: nothing "
+            "written (try --quantize-method dynamic, or more --calibration-images)"
+        )
+    _set_contract(proto, json.dumps({**contract, "quantization": facts}))
+    return bytes(proto.SerializeToString()), facts
+
+
+def _set_contract(proto: Any, contract: str) -> None:
+    """The contract as the model's one ``fmnist_alexnet`` metadata entry."""
+    kept = [p for p in proto.metadata_props if p.key != CONTRACT_KEY]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    meta = proto.metadata_props.add()
+    meta.key, meta.value = CONTRACT_KEY, contract
 
 
 @torch.no_grad()
@@ -93,48 +160,6 @@ def run_exported(fmt: str, path: Path, inputs: torch.Tensor, spec: ModelSpec) ->
     model = spec.build_model().eval()
     model.load_state_dict(load_file(str(path)))
     return np.asarray(model(inputs).numpy())
-
-
-@dataclass
-class OnnxModel:
-    """An exported ONNX file as a classifier: uint8 [B, 1, 28, 28] in, logits out, prepared by
-    the contract stored in the file itself."""
-
-    session: Any  # an onnxruntime.InferenceSession (onnxruntime ships no type information)
-    spec: ModelSpec
-
-    @classmethod
-    def load(cls, path: str | Path) -> OnnxModel:
-        session = onnx_session(path)
-        props = session.get_modelmeta().custom_metadata_map
-        if CONTRACT_KEY not in props:
-            raise FmnistError(f"{path}: not exported by fmnist-alexnet (no contract in it)")
-        try:
-            contract = json.loads(props[CONTRACT_KEY])
-        except ValueError:
-            raise FmnistError(f"{path}: its fmnist-alexnet contract is not valid JSON") from None
-        if not isinstance(contract, dict):
-            raise FmnistError(f"{path}: its fmnist-alexnet contract is not a JSON object")
-        return cls(session, ModelSpec.from_dict(contract, str(path)))
-
-    def logits(self, images: torch.Tensor) -> torch.Tensor:
-        inputs = self.spec.preprocess()(images).numpy()
-        return torch.from_numpy(self.session.run(None, {"input": inputs})[0])
-
-
-def onnx_session(path: str | Path) -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise FmnistError(
-            "onnxruntime is not installed: pip install 'fmnist-alexnet[onnx]'"
-        ) from None
-    try:
-        return onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise FmnistError(
-            f"{path}: not a loadable ONNX model ({str(exc).splitlines()[0]})"
-        ) from None
 
 
 def _batch_dim() -> dict[str, dict[int, Any]]:
@@ -160,8 +185,7 @@ def _write_onnx(model: nn.Module, example: torch.Tensor, contract: str) -> bytes
             external_data=False,
         )
         proto = onnx.load(path)
-    meta = proto.metadata_props.add()
-    meta.key, meta.value = CONTRACT_KEY, contract
+    _set_contract(proto, contract)
     return bytes(proto.SerializeToString())
 
 
@@ -202,3 +226,11 @@ def _write_safetensors(model: nn.Module, example: torch.Tensor, contract: str) -
         raise FmnistError("safetensors is not installed: pip install safetensors") from None
     state = {k: v.contiguous() for k, v in model.state_dict().items()}
     return save(state, metadata={CONTRACT_KEY: contract})
+
+
+WRITERS = {
+    "onnx": _write_onnx,
+    "pt2": _write_pt2,
+    "torchscript": _write_torchscript,
+    "safetensors": _write_safetensors,
+}

@@ -69,6 +69,10 @@ class Classifier(Protocol):
 
     spec: ModelSpec
 
+    @property
+    def precision(self) -> str:
+        """What the forward pass runs in: ``fp32``, ``bf16`` (autocast) or ``int8``."""
+
     def logits(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
 

@@ -11,25 +11,30 @@ from fmnist_alexnet import __version__
 from fmnist_alexnet.checkpoint import LoadedModel, model_file
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.engines import load_classifier
+from fmnist_alexnet.infer.onnx_model import OnnxModel
 from fmnist_alexnet.infer.predict import Classifier
 from fmnist_alexnet.model import count_parameters
 from fmnist_alexnet.spec import ModelSpec
 
 
 def load_served(
-    path: str | Path, engine: str = "auto", device: str = "auto", precision: str = "auto"
+    path: str | Path,
+    engine: str = "auto",
+    device: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> tuple[Classifier, dict[str, Any]]:
     """The classifier and the facts ``GET /v1/model`` reports about it."""
     path = model_file(path)
     if not path.is_file():
         raise FmnistError(f"{path}: no model there (give a checkpoint, a run folder or an .onnx)")
-    model, engine = load_classifier(path, engine, device, precision)
+    model, engine = load_classifier(path, engine, device, precision, threads)
     if isinstance(model, LoadedModel):
         parameters = count_parameters(model.model)
         runtime = {"engine": "torch", "device": str(model.device), "precision": model.precision}
     else:
         parameters = None
-        runtime = {"engine": engine, "device": "cpu", "precision": "fp32"}
+        runtime = {"engine": engine, "device": "cpu", "precision": model.precision}
     spec = model.spec
     info = {
         "version": __version__,
@@ -37,7 +42,7 @@ def load_served(
         "sha256": _sha256(path),
         "arch": spec.arch,
         "classes": list(spec.class_names),
-        "contract": spec.export_contract(),
+        "contract": model.contract if isinstance(model, OnnxModel) else spec.export_contract(),
         "parameters": parameters if parameters is not None else _count(spec),
         **runtime,
         **_measured(path),

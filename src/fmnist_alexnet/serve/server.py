@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
+import torch
 import uvicorn
 from starlette.types import ASGIApp
 
@@ -53,11 +54,16 @@ def serve(
     settings: ServeSettings | None = None,
     data_dir: str | Path | None = None,
     log: Callable[[str], None] = print,
+    threads: int | None = None,
 ) -> None:
+    """``threads``: intra-op threads of the forward pass (PyTorch's or ONNX Runtime's); None
+    leaves each engine's default (every core)."""
     settings = settings or ServeSettings()
     check_settings(settings, port)
     check_address(host, port)
-    model, info = load_served(model_path, engine, device, precision)
+    if threads is not None:
+        torch.set_num_threads(threads)
+    model, info = load_served(model_path, engine, device, precision, threads)
     app = create_app(model, info, settings, _test_samples(data_dir))
     server = build_server(app, host, port)
     log(f"serving {info['file']} ({info['arch']}, {info['engine']}) on http://{host}:{port}/")
