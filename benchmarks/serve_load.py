@@ -1,14 +1,19 @@
-"""Loopback load test of `fmnist-alexnet serve`: micro-batching against --max-batch 1.
+"""Loopback load test of `fmnist-alexnet serve`: micro-batching against --max-batch 1, and
+other model files (an int8 export) against the same float32 baseline.
 
-Starts the server twice on 127.0.0.1 (the default --max-batch 64, then --max-batch 1), and for
-each runs N concurrent clients (1, 8, 32, 128 by default), each sending one real test image
-per request for a fixed time. Reports requests/s, p50/p95/p99 latency, errors and the share of
-answers whose label equals offline `predict` on the same image file; then, optionally, a soak
-at one concurrency to see whether the server's memory stays flat. Bounded: every phase has a
-fixed duration and the whole run stops by itself. Only 127.0.0.1 is ever contacted.
+Starts the server on 127.0.0.1 with CHECKPOINT at the default --max-batch 64, then at
+--max-batch 1, then once for each ``--also`` model (at --max-batch 64), and for each runs N
+concurrent clients (1, 8, 32, 128 by default), each sending one real test image per request
+for a fixed time. Reports requests/s, p50/p95/p99 latency, errors and the share of answers
+whose label equals offline `predict` with the same model on the same image file, and each
+row's requests/s over CHECKPOINT's --max-batch 1 row at the same concurrency; then,
+optionally, a soak at one concurrency to see whether the server's memory stays flat.
+Bounded: every phase has a fixed duration and the whole run stops by itself. Only 127.0.0.1
+is ever contacted.
 
-Usage: python -m benchmarks.serve_load CHECKPOINT [--seconds 10] [--clients 1 8 32 128]
-           [--soak-seconds 300 --soak-clients 32] [--out results.json]
+Usage: python -m benchmarks.serve_load CHECKPOINT [--also MODEL.onnx ...] [--seconds 10]
+           [--clients 1 8 32 128] [--threads N] [--soak-seconds 300 --soak-clients 32]
+           [--out results.json]
 """
 
 from __future__ import annotations
@@ -30,8 +35,8 @@ import httpx
 import torch
 from PIL import Image
 
-from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.sources import find_data, load_splits
+from fmnist_alexnet.infer.engines import load_classifier
 from fmnist_alexnet.infer.predict import predict_images
 from fmnist_alexnet.runtime import device_name
 
@@ -43,54 +48,69 @@ N_IMAGES = 1000
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("checkpoint")
+    parser.add_argument("--also", nargs="+", default=[], help="more models, at max-batch 64")
     parser.add_argument("--seconds", type=float, default=10.0, help="per concurrency level")
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--threads", type=int, help="serve --threads")
     parser.add_argument("--soak-seconds", type=float, default=0.0)
     parser.add_argument("--soak-clients", type=int, default=32)
     parser.add_argument("--out")
     args = parser.parse_args()
-    images, expected = offline_answers(args.checkpoint)
     report: dict = {
         "machine": device_name(torch.device("cpu")),
         "checkpoint": args.checkpoint,
         "seconds_per_level": args.seconds,
+        "threads": args.threads,
         "runs": {},
     }
-    for max_batch in (64, 1):
-        with running_server(args.checkpoint, "--max-batch", str(max_batch)) as server:
-            port, pid = server["port"], server["process"].pid
-            rows = []
-            for clients in args.clients:
-                row = asyncio.run(load(port, images, expected, clients, args.seconds))
-                row["rss_mb"] = rss_mb(pid)
-                rows.append(row)
-                print(f"max-batch {max_batch:3d} {format_row(row)}", flush=True)
-            report["runs"][f"max_batch_{max_batch}"] = rows
-            if args.soak_seconds and max_batch == 64:
-                start = rss_mb(pid)
-                row = asyncio.run(
-                    load(port, images, expected, args.soak_clients, args.soak_seconds)
-                )
-                row |= {"rss_mb_start": start, "rss_mb_end": rss_mb(pid)}
-                report["soak"] = row
-                print(
-                    f"soak {args.soak_seconds:.0f} s {format_row(row)} "
-                    f"RSS {start:.0f} -> {row['rss_mb_end']:.0f} MB",
-                    flush=True,
-                )
-    batched, single = (report["runs"][f"max_batch_{b}"] for b in (64, 1))
+    plan = [(args.checkpoint, 64), (args.checkpoint, 1)] + [(m, 64) for m in args.also]
+    for model, max_batch in plan:
+        name = f"{Path(model).name} max_batch_{max_batch}"
+        report["runs"][name] = serve_rows(model, max_batch, args, report, name)
+    baseline = report["runs"][f"{Path(args.checkpoint).name} max_batch_1"]
     report["ratio_requests_per_s"] = {
-        str(b["clients"]): b["requests_per_s"] / s["requests_per_s"]
-        for b, s in zip(batched, single, strict=True)
+        name: {
+            str(row["clients"]): row["requests_per_s"] / base["requests_per_s"]
+            for row, base in zip(rows, baseline, strict=True)
+        }
+        for name, rows in report["runs"].items()
     }
-    print("requests/s, max-batch 64 over max-batch 1:", report["ratio_requests_per_s"])
+    print("requests/s over the checkpoint's max-batch 1:")
+    for name, ratios in report["ratio_requests_per_s"].items():
+        print(f"  {name}: " + ", ".join(f"{c} clients {r:.2f}x" for c, r in ratios.items()))
     text = json.dumps(report, indent=1)
     if args.out:
         Path(args.out).write_text(text + "\n")
 
 
-def offline_answers(checkpoint) -> tuple[list[bytes], list[int]]:
-    """The first N test images as PNG files, and `predict`'s top label for each file."""
+def serve_rows(model: str, max_batch: int, args, report: dict, name: str) -> list[dict]:
+    """One server of ``model``: a row per concurrency level (and the soak, once)."""
+    images, expected = offline_answers(model)
+    threads = ["--threads", str(args.threads)] if args.threads else []
+    with running_server(model, "--max-batch", str(max_batch), *threads) as server:
+        port, pid = server["port"], server["process"].pid
+        rows = []
+        for clients in args.clients:
+            row = asyncio.run(load(port, images, expected, clients, args.seconds))
+            row["rss_mb"] = rss_mb(pid)
+            rows.append(row)
+            print(f"{name} {format_row(row)}", flush=True)
+        if args.soak_seconds and "soak" not in report:
+            start = rss_mb(pid)
+            row = asyncio.run(load(port, images, expected, args.soak_clients, args.soak_seconds))
+            row |= {"rss_mb_start": start, "rss_mb_end": rss_mb(pid)}
+            report["soak"] = row
+            print(
+                f"soak {args.soak_seconds:.0f} s {format_row(row)} "
+                f"RSS {start:.0f} -> {row['rss_mb_end']:.0f} MB",
+                flush=True,
+            )
+    return rows
+
+
+def offline_answers(model) -> tuple[list[bytes], list[int]]:
+    """The first N test images as PNG files, and `predict`'s top label for each file with
+    ``model`` (a checkpoint or an .onnx, run as `predict` runs it)."""
     test_images = load_splits(find_data())["test"][0][:N_IMAGES]
     payloads = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -101,8 +121,9 @@ def offline_answers(checkpoint) -> tuple[list[bytes], list[int]]:
             payloads.append(buffer.getvalue())
             paths.append(Path(tmp) / f"{i:04d}.png")
             paths[-1].write_bytes(payloads[-1])
-        rows = predict_images(load_model(checkpoint, "cpu"), paths, top_k=1)
-    return payloads, [row["top"][0]["label"] for row in rows]
+        classifier, _ = load_classifier(model, "auto", "cpu")
+        rows = predict_images(classifier, paths, top_k=1)
+    return payloads, [row.top[0].label for row in rows]
 
 
 async def load(port, images, expected, clients, seconds) -> dict:
