@@ -481,7 +481,12 @@ def _numeric_flags():
     """(command, positional arguments, flag, converter) for every numeric flag."""
     parser = build_parser()
     commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    positional = {"evaluate": ["x.pt"], "predict": ["x.pt", "y.png"], "serve": ["x.pt"]}
+    positional = {
+        "evaluate": ["x.pt"],
+        "predict": ["x.pt", "y.png"],
+        "serve": ["x.pt"],
+        "export": ["x.pt", "--format", "onnx", "--out", "x.onnx"],
+    }
     found = []
     for name, sub in commands.choices.items():
         for action in sub._actions:

@@ -54,13 +54,6 @@ def quantize_onnx(
     ``calibration``: preprocessed float32 inputs [N, 1, S, S] (static only)."""
     try:
         from onnxruntime import __version__ as ort_version
-        from onnxruntime.quantization import (
-            CalibrationMethod,
-            QuantFormat,
-            QuantType,
-            quantize_dynamic,
-            quantize_static,
-        )
         from onnxruntime.quantization.shape_inference import quant_pre_process
     except ImportError:
         raise FmnistError(
@@ -77,14 +70,28 @@ def quantize_onnx(
         "tool": f"onnxruntime {ort_version}",
     }
     if method == "dynamic":
-        quantize_dynamic(
-            str(prepared),
-            str(out),
-            op_types_to_quantize=["MatMul", "Gemm"],
-            weight_type=QuantType.QInt8,
-            reduce_range=reduce_range,
-        )
-        return {**facts, "quantized": "linear layers' weights (int8, per tensor)"}
+        return {**facts, **_dynamic(prepared, out, reduce_range)}
+    return {**facts, **_static(prepared, out, calibration, reduce_range)}
+
+
+def _dynamic(prepared: Path, out: Path, reduce_range: bool) -> dict[str, Any]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    quantize_dynamic(
+        str(prepared),
+        str(out),
+        op_types_to_quantize=["MatMul", "Gemm"],
+        weight_type=QuantType.QInt8,
+        reduce_range=reduce_range,
+    )
+    return {"quantized": "linear layers' weights (int8, per tensor)"}
+
+
+def _static(
+    prepared: Path, out: Path, calibration: np.ndarray, reduce_range: bool
+) -> dict[str, Any]:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
     quantize_static(
         str(prepared),
         str(out),
@@ -97,7 +104,6 @@ def quantize_onnx(
         calibrate_method=CalibrationMethod.MinMax,
     )
     return {
-        **facts,
         "quantized": "every layer: weights int8 per output channel, activations uint8 (QDQ)",
         "calibration": {
             "images": len(calibration),
