@@ -33,6 +33,7 @@ def test_learns_a_real_subset(tmp_path):
         "image_size": 64,
         "batch_size": 64,
         "epochs": 3,
+        "time_budget": 0,  # quick's budget would probe this machine's speed first
     }
     config = resolve(
         "quick",
