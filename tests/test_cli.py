@@ -192,7 +192,9 @@ def plain_evaluation(cli_run):
 def test_train_then_evaluate_json(plain_evaluation, real_data):
     result = plain_evaluation
     keys = {"split", "tta", "n", "accuracy", "loss", "per_class", "confusion_matrix"}
-    assert set(result) == keys | {"data_published"}
+    assert set(result) == keys | {"data_published", "calibration"}
+    assert result["calibration"]["temperature"] == 1.0  # not calibrated: ECE and NLL at 1
+    assert result["calibration"]["ece"] == result["calibration"]["ece_uncalibrated"]
     assert result["split"] == "test" and result["tta"] == "none" and result["n"] == EVAL_N
     assert result["data_published"] is True  # the real files
     matrix = torch.tensor(result["confusion_matrix"])
@@ -308,7 +310,7 @@ def test_every_argument_of_every_command_says_what_it_is():
     ]
     assert missing == []
     commands = [path for path, _ in parsers(build_parser()) if len(path) == 1]
-    assert len(commands) == 9  # train ... tune, so the walk above did reach them
+    assert len(commands) == 10  # train ... tune, so the walk above did reach them
 
 
 def test_normalisation_flags_reach_the_config(capsys):

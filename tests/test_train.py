@@ -72,6 +72,7 @@ def test_run_folder_contents(straight_run):
         "class_names": list(CLASS_NAMES),
         "num_classes": 10,
         "precision": "fp32",
+        "temperature": 1.0,  # until `calibrate` fits one
     }
     test = json.loads((straight_run / "test_metrics.json").read_text())
     assert test["n"] == 64 and 0 <= test["accuracy"] <= 1

@@ -39,6 +39,7 @@ from fmnist_alexnet.runtime import DEVICES, PRECISIONS
 if TYPE_CHECKING:
     from fmnist_alexnet.bench.inference import InferenceBenchmark
     from fmnist_alexnet.bench.timing import Benchmark
+    from fmnist_alexnet.infer.calibration import Calibrated
     from fmnist_alexnet.infer.predict import Prediction
 
 PROG = "fmnist-alexnet"
@@ -186,6 +187,7 @@ def _commands() -> dict[str, tuple[Callable[[Commands], None], Command]]:
         "report": (_add_report, _report),
         "predict": (_add_predict, _predict),
         "export": (_add_export, _export),
+        "calibrate": (_add_calibrate, _calibrate),
         "bench": (_add_bench, _bench),
         "serve": (_add_serve, _serve),
         "tune": (_add_tune, _tune),
@@ -262,6 +264,7 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("--engine", choices=ENGINES, default="auto", help=ENGINE_HELP)
     _device_flag(predict)
     predict.add_argument("--batch-size", type=integer(1), default=64, help="default 64")
+    _no_calibration_flag(predict)
     _precision_flag(predict)
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON array")
@@ -301,6 +304,29 @@ def _add_export(commands: Commands) -> None:
         help=f"test images the export is checked on ({CHECK_IMAGES}; 10000 for all)",
     )
     _data_dir_flag(export)
+
+
+def _add_calibrate(commands: Commands) -> None:
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="fit the temperature of a checkpoint's probabilities on its validation split",
+        description="Temperature scaling: the one T that makes softmax(logits / T) most likely "
+        "on the run's held-out validation split, written into the checkpoint; predict, "
+        "evaluate, serve and export then use it (docs/calibration.md).",
+    )
+    calibrate.add_argument("checkpoint", help=CHECKPOINT_HELP)
+    _device_flag(calibrate)
+    calibrate.add_argument("--batch-size", type=integer(1), default=500, help="default 500")
+    calibrate.add_argument("--json", action="store_true", help="print one JSON object")
+    _data_dir_flag(calibrate)
+
+
+def _no_calibration_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-calibration",
+        action="store_true",
+        help="the raw softmax, not the probabilities of the model's fitted temperature",
+    )
 
 
 def _add_bench(commands: Commands) -> None:
@@ -386,6 +412,7 @@ def _add_serve(commands: Commands) -> None:
         type=integer(1, 256),
         help="intra-op threads of the forward pass (default: the engine's own, every core)",
     )
+    _no_calibration_flag(serve)
 
 
 def _add_tune(commands: Commands) -> None:
@@ -520,6 +547,11 @@ def _evaluate(args: argparse.Namespace) -> int:
         f"{result.split} accuracy{tta} {result.accuracy:.4f} on {result.n} images "
         f"(loss {result.loss:.4f})"
     )
+    if (c := result.calibration) is not None:
+        print(
+            f"calibration at temperature {c.temperature:.4f}: ECE {c.ece:.4f} "
+            f"({c.ece_uncalibrated:.4f} at 1), NLL {c.nll:.4f} ({c.nll_uncalibrated:.4f} at 1)"
+        )
     names = list(result.per_class)
     width = max(len(name) for name in names)
     for name, accuracy in result.per_class.items():
@@ -566,12 +598,7 @@ def _bench(args: argparse.Namespace) -> int:
         profile=args.profile,
         tensorboard=args.tensorboard,
     )
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    for line in _bench_lines(result):
-        print(line)
-    return 0
+    return _print_result(result, args.json, _bench_lines)
 
 
 def _bench_inference(args: argparse.Namespace) -> int:
@@ -580,11 +607,12 @@ def _bench_inference(args: argparse.Namespace) -> int:
     result = bench_inference(
         args.inference, threads=args.threads, windows=args.windows, data_dir=args.data_dir
     )
-    if args.json:
-        print(json.dumps(result.to_dict()))
-        return 0
-    for line in _inference_lines(result):
-        print(line)
+    return _print_result(result, args.json, _inference_lines)
+
+
+def _print_result(result: Any, as_json: bool, lines: Callable[[Any], list[str]]) -> int:
+    """A typed result as one JSON object (``--json``) or as its lines."""
+    print(json.dumps(result.to_dict()) if as_json else "\n".join(lines(result)))
     return 0
 
 
@@ -670,7 +698,12 @@ def _predict(args: argparse.Namespace) -> int:
 
     model, _ = load_classifier(args.model, args.engine, args.device, args.precision)
     results = predict_images(
-        model, args.paths, top_k=args.top_k, invert=args.invert, batch_size=args.batch_size
+        model,
+        args.paths,
+        top_k=args.top_k,
+        invert=args.invert,
+        batch_size=args.batch_size,
+        calibrated=not args.no_calibration,
     )
     if not results:
         raise FmnistError("no image files found in " + " ".join(args.paths))
@@ -727,6 +760,25 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _calibrate(args: argparse.Namespace) -> int:
+    from fmnist_alexnet.infer.calibration import calibrate_checkpoint
+
+    result = calibrate_checkpoint(
+        args.checkpoint, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size
+    )
+    return _print_result(result, args.json, _calibrated_lines)
+
+
+def _calibrated_lines(result: Calibrated) -> list[str]:
+    f = result.figures
+    return [
+        f"temperature {f.temperature:.4f} fitted on {result.images} validation images and "
+        f"written to {result.path}",
+        f"on them: ECE {f.ece_uncalibrated:.4f} -> {f.ece:.4f}, "
+        f"NLL {f.nll_uncalibrated:.4f} -> {f.nll:.4f}",
+    ]
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         from fmnist_alexnet.serve.app import ServeSettings
@@ -740,6 +792,7 @@ def _serve(args: argparse.Namespace) -> int:
         max_wait_ms=args.max_wait_ms,
         max_upload_mb=args.max_upload_mb,
         max_files=args.max_files,
+        calibrated=not args.no_calibration,
     )
     serve(
         args.model,

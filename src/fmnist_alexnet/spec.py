@@ -37,6 +37,8 @@ class ModelSpec:
     resize_mode: str
     class_names: tuple[str, ...] = CLASS_NAMES
     precision: str = "auto"  # what the run trained in: auto | bf16 | fp32
+    # softmax(logits / temperature): fitted on the validation split by `calibrate` (1: not)
+    temperature: float = 1.0
 
     @property
     def num_classes(self) -> int:
@@ -69,6 +71,7 @@ class ModelSpec:
                 resize_mode=values["resize_mode"],
                 class_names=_class_names(values),
                 precision=values.get("precision", "auto"),
+                temperature=float(values.get("temperature", 1.0)),
             )
             spec.check()
         except (FmnistError, TypeError, ValueError, OverflowError) as exc:
@@ -85,6 +88,8 @@ class ModelSpec:
             raise FmnistError(f"mean {self.mean} and std {self.std} must be finite, std > 0")
         if self.resize_mode not in RESIZE_MODES:
             raise FmnistError(f"unknown resize mode {self.resize_mode!r}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise FmnistError(f"temperature {self.temperature} must be finite and > 0")
         if self.precision not in PRECISIONS:
             raise FmnistError(f"unknown precision {self.precision!r}")
         if not 1 <= self.num_classes <= MAX_CLASSES:
@@ -99,7 +104,7 @@ class ModelSpec:
 
     def export_contract(self) -> dict[str, Any]:
         values = self.to_dict()
-        return {key: values[key] for key in (*EXPORT_FIELDS, "class_names")}
+        return {key: values[key] for key in (*EXPORT_FIELDS, "class_names", "temperature")}
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.mean, self.std, self.resize_mode)

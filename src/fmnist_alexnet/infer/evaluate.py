@@ -16,9 +16,11 @@ from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.data.batches import DeviceData, Preprocess, eval_batches, validation_split
 from fmnist_alexnet.data.sources import DataSource, find_data, is_published, load_split
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.calibration import Calibration, measure
 from fmnist_alexnet.infer.engines import load_classifier, pick_engine
 from fmnist_alexnet.infer.predict import Classifier
 from fmnist_alexnet.runtime import Distributed, autocast
+from fmnist_alexnet.spec import ModelSpec
 
 TTA_CHOICES = ("none", "flip")
 
@@ -49,11 +51,14 @@ class Evaluation:
     confusion_matrix: list[list[int]]
     data_published: bool  # the files are the published Fashion-MNIST (by SHA-256)
     data_directory: str
+    calibration: Calibration | None = None  # of the plain logits, at the model's temperature
 
     def to_dict(self) -> dict[str, Any]:
         """``evaluate --json``'s object."""
         values = asdict(self)
         del values["data_directory"]
+        if self.calibration is None:
+            del values["calibration"]
         return values
 
 
@@ -75,11 +80,27 @@ def evaluate(
     ``tta="flip"`` scores each image by the mean of the softmax over it and over its
     horizontal mirror; the loss is then the negative log of that mean probability.
     """
-    _check_tta(tta)
     dist = dist or Distributed()
+    tally = _Tally(num_classes, data.labels.device)
+    _run(model, data, preprocess, batch_size, autocast, channels_last, dist, tta, tally)
+    return tally.metrics(dist)
+
+
+@torch.no_grad()
+def _run(
+    model: nn.Module,
+    data: DeviceData,
+    preprocess: Preprocess,
+    batch_size: int,
+    autocast: AbstractContextManager[object],
+    channels_last: bool,
+    dist: Distributed,
+    tta: str,
+    tally: _Tally,
+) -> None:
+    _check_tta(tta)
     was_training = model.training
     model.eval()
-    tally = _Tally(num_classes, data.labels.device)
     batches = eval_batches(data, batch_size, preprocess, dist.rank, dist.world_size, channels_last)
     for inputs, labels in batches:
         with autocast:
@@ -87,7 +108,6 @@ def evaluate(
             mirrored = model(inputs.flip(-1)).float() if tta == "flip" else None
         tally.add(logits, mirrored, labels)
     model.train(was_training)
-    return tally.metrics(dist)
 
 
 @torch.no_grad()
@@ -100,19 +120,27 @@ def evaluate_classifier(
     with it)."""
     _check_tta(tta)
     tally = _Tally(model.spec.num_classes, data.labels.device)
+    _run_classifier(model, data, batch_size, tta, tally)
+    return tally.metrics(Distributed())
+
+
+@torch.no_grad()
+def _run_classifier(
+    model: Classifier, data: DeviceData, batch_size: int, tta: str, tally: _Tally
+) -> None:
     for start in range(0, len(data), batch_size):
         images = data.images[start : start + batch_size]
         logits = model.logits(images).float()
         mirrored = model.logits(images.flip(-1)).float() if tta == "flip" else None
         tally.add(logits, mirrored, data.labels[start : start + batch_size])
-    return tally.metrics(Distributed())
 
 
 class _Tally:
     """Summed loss and the confusion matrix of the batches seen so far."""
 
-    def __init__(self, num_classes: int, device: torch.device) -> None:
+    def __init__(self, num_classes: int, device: torch.device, keep: bool = False) -> None:
         self.num_classes = num_classes
+        self.kept: list[tuple[torch.Tensor, torch.Tensor]] | None = [] if keep else None
         self.loss_sum = torch.zeros((), dtype=torch.float64, device=device)
         self.confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
 
@@ -126,6 +154,8 @@ class _Tally:
         else:
             scores = logits
             self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").double()
+        if self.kept is not None:  # the plain logits, for calibration figures
+            self.kept.append((logits.cpu(), labels.cpu()))
         predictions = scores.argmax(1)
         k = self.num_classes
         self.confusion += torch.bincount(labels * k + predictions, minlength=k**2)
@@ -189,17 +219,10 @@ def evaluate_checkpoint(
         full = DeviceData.from_numpy(*load_split(source, "train"), loaded.device)
         _, data = validation_split(full, loaded.config.val_size, loaded.config.split_seed)
     data = data.head(limit)
-    result = evaluate(
-        loaded.model,
-        data,
-        loaded.preprocess,
-        batch_size=batch_size,
-        autocast=autocast(loaded.device, loaded.precision),
-        num_classes=loaded.spec.num_classes,
-        channels_last=True,
-        tta=tta,
-    )
-    return _evaluation(result, split, tta, loaded.spec.class_names, source)
+    tally = _Tally(loaded.spec.num_classes, data.labels.device, keep=True)
+    amp = autocast(loaded.device, loaded.precision)
+    _run(loaded.model, data, loaded.preprocess, batch_size, amp, True, Distributed(), tta, tally)
+    return _evaluation(tally, split, tta, loaded.spec, source)
 
 
 def _evaluate_export(
@@ -211,13 +234,19 @@ def _evaluate_export(
     model, _ = load_classifier(path, "onnx")
     source = find_data(data_dir)
     data = DeviceData.from_numpy(*load_split(source, "test"), "cpu").head(limit)
-    result = evaluate_classifier(model, data, batch_size=batch_size, tta=tta)
-    return _evaluation(result, split, tta, model.spec.class_names, source)
+    _check_tta(tta)
+    tally = _Tally(model.spec.num_classes, data.labels.device, keep=True)
+    _run_classifier(model, data, batch_size, tta, tally)
+    return _evaluation(tally, split, tta, model.spec, source)
 
 
 def _evaluation(
-    result: Metrics, split: str, tta: str, class_names: Sequence[str], source: DataSource
+    tally: _Tally, split: str, tta: str, spec: ModelSpec, source: DataSource
 ) -> Evaluation:
+    result, kept = tally.metrics(Distributed()), tally.kept or []
+    logits = torch.cat([k[0] for k in kept]) if kept else torch.zeros(0, spec.num_classes)
+    labels = torch.cat([k[1] for k in kept]) if kept else torch.zeros(0, dtype=torch.int64)
+    class_names = spec.class_names
     return Evaluation(
         split=split,
         tta=tta,
@@ -228,4 +257,5 @@ def _evaluation(
         confusion_matrix=result.confusion_matrix,
         data_published=is_published(source),
         data_directory=str(source.directory),
+        calibration=measure(logits, labels, spec.temperature) if len(labels) else None,
     )

@@ -107,10 +107,11 @@ def prepare_image(
 
 
 def top_classes(
-    logits: torch.Tensor, class_names: Sequence[str], top_k: int
+    logits: torch.Tensor, class_names: Sequence[str], top_k: int, temperature: float = 1.0
 ) -> list[list[ClassScore]]:
-    """Per row of logits, the ``top_k`` classes, best first."""
-    top = torch.softmax(logits.float(), dim=1).topk(top_k, dim=1)
+    """Per row of logits, the ``top_k`` classes, best first, with the probabilities of
+    ``softmax(logits / temperature)`` (the model's calibration; 1: the raw softmax)."""
+    top = torch.softmax(logits.float() / temperature, dim=1).topk(top_k, dim=1)
     return [
         [
             ClassScore(int(label), class_names[int(label)], float(value))
@@ -127,10 +128,13 @@ def predict_images(
     top_k: int = 3,
     invert: str = "auto",
     batch_size: int = 64,
+    calibrated: bool = True,
 ) -> list[Prediction]:
     """A :class:`Prediction` per file (its top classes, or its error), in the order of
-    ``paths``; files are prepared, then run through ``model`` in batches."""
+    ``paths``; files are prepared, then run through ``model`` in batches. Probabilities are
+    calibrated by the model's temperature unless ``calibrated=False`` (the raw softmax)."""
     names = model.spec.class_names
+    temperature = model.spec.temperature if calibrated else 1.0
     if not 1 <= top_k <= len(names):
         raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
     if batch_size < 1:
@@ -146,7 +150,7 @@ def predict_images(
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
-        tops = top_classes(model.logits(images), names, top_k)
+        tops = top_classes(model.logits(images), names, top_k, temperature)
         for (index, _), top in zip(chunk, tops, strict=True):
             results[index] = Prediction(results[index].path, top)
     return results

@@ -41,6 +41,7 @@ class ServeSettings:
     max_upload_mb: float = 10.0
     max_files: int = 64
     invert: str = "auto"
+    calibrated: bool = True  # softmax(logits / the model's temperature); False: the raw one
 
 
 class ApiError(Exception):
@@ -75,6 +76,10 @@ class _Service:
     @property
     def names(self) -> tuple[str, ...]:
         return self.model.spec.class_names
+
+    @property
+    def temperature(self) -> float:
+        return self.model.spec.temperature if self.settings.calibrated else 1.0
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -178,7 +183,8 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
         service.metrics.file_errors.inc(len(uploads) - len(good))
         if good:
             logits = await service.batcher.logits(np.stack([arrays[i] for i in good]))
-            for i, top in zip(good, top_classes(logits, service.names, top_k), strict=True):
+            tops = top_classes(logits, service.names, top_k, service.temperature)
+            for i, top in zip(good, tops, strict=True):
                 results[i]["top"] = [score.to_dict() for score in top]
                 if preview:
                     results[i]["image"] = _png_data_url(arrays[i])
