@@ -52,7 +52,7 @@ def test_curves_label_every_epoch_until_the_labels_would_collide(epochs):
 
 def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     assert main(["report", str(run_dir), "--device", "cpu"]) == 0
-    for name in ("curves", "confusion_matrix", "samples", "mistakes"):
+    for name in ("curves", "confusion_matrix", "samples", "mistakes", "reliability"):
         path = run_dir / f"{name}.png"
         image = np.asarray(Image.open(path).convert("L"), dtype=float)
         assert min(image.shape) > 300 and image.std() > 10, name  # a real picture, not blank
@@ -68,6 +68,10 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
     assert f"| Ankle boot | {full_test.per_class['Ankle boot']:.4f} |" in card
     assert "- Training on 512 images; validation (model selection) on 256 held out of the " in card
+    assert "- Probabilities: not calibrated (temperature 1:" in card  # small_run never is
+    calibration = full_test.calibration
+    assert f"expected calibration error {calibration.ece:.4f}" in card
+    assert "![reliability diagram](reliability.png)" in card
 
 
 @pytest.mark.parametrize(("n", "shown", "cells"), [(1, 1, 8), (9, 9, 16), (100, 40, 40)])

@@ -173,3 +173,35 @@ def mistakes_figure(
                 )
     figure.suptitle("most confident mistakes of the most confused pairs (true as predicted)")
     return figure
+
+
+def reliability_figure(logits: np.ndarray, labels: np.ndarray, temperature: float) -> Figure:
+    """Accuracy against stated confidence in equal-width bins, for the raw softmax and (when
+    calibrated) the temperature's: a calibrated model's points lie on the diagonal."""
+    from fmnist_alexnet.infer.calibration import ECE_BINS
+
+    plt = pyplot()
+    figure: Figure
+    figure, ax = plt.subplots(figsize=(5.5, 5), constrained_layout=True)
+    ax.plot([0, 1], [0, 1], color="black", linestyle="--", linewidth=1, label="calibrated")
+    curves = [(1.0, "raw softmax", "tab:gray")]
+    if temperature != 1.0:
+        curves.append((temperature, f"T = {temperature:.3f}", "tab:blue"))
+    for t, label, color in curves:
+        scaled = logits / t
+        probs = np.exp(scaled - scaled.max(1, keepdims=True))
+        probs /= probs.sum(1, keepdims=True)
+        confidence, right = probs.max(1), probs.argmax(1) == labels
+        bins = np.minimum((confidence * ECE_BINS).astype(int), ECE_BINS - 1)
+        used = [b for b in range(ECE_BINS) if (bins == b).any()]
+        ax.plot(
+            [confidence[bins == b].mean() for b in used],
+            [right[bins == b].mean() for b in used],
+            marker="o",
+            color=color,
+            label=label,
+        )
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="confidence (top class's probability)")
+    ax.set(ylabel="accuracy", title=f"test set, {ECE_BINS} equal-width bins")
+    ax.legend(loc="upper left")
+    return figure

@@ -18,9 +18,11 @@ from fmnist_alexnet.figures import (
     curves_figure,
     mistakes_figure,
     pyplot,
+    reliability_figure,
     samples_figure,
     save_figure,
 )
+from fmnist_alexnet.infer.calibration import Calibration, measure
 from fmnist_alexnet.infer.evaluate import per_class_accuracy
 from fmnist_alexnet.model import count_parameters
 from fmnist_alexnet.recipe import NOT_RECIPE, reproduce_command
@@ -42,7 +44,12 @@ def write_report(
     images, labels = load_split(source, "test")
     if loaded.config.limit_eval:  # as the run's own test did (test_metrics.json)
         images, labels = images[: loaded.config.limit_eval], labels[: loaded.config.limit_eval]
-    probs = _probabilities(loaded, images)
+    logits = _logits(loaded, images)
+    temperature = loaded.spec.temperature
+    probs = torch.softmax(torch.from_numpy(logits) / temperature, 1).numpy()
+    calibration = measure(
+        torch.from_numpy(logits), torch.from_numpy(labels.astype(np.int64)), temperature
+    )
     predictions = probs.argmax(1)
     names = loaded.spec.class_names
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
@@ -54,9 +61,16 @@ def write_report(
         save_figure(
             run.path / "mistakes.png", mistakes_figure(images, labels, probs, confusion, names)
         ),
+        save_figure(run.path / "reliability.png", reliability_figure(logits, labels, temperature)),
     ]
     card = model_card(
-        config, history, confusion, loaded, run.path, test_published=is_published(source)
+        config,
+        history,
+        confusion,
+        loaded,
+        run.path,
+        test_published=is_published(source),
+        calibration=calibration,
     )
     written.append(atomic_write_text(run.path / "report.md", card))
     return written
@@ -69,10 +83,12 @@ def model_card(
     loaded: LoadedModel,
     run_path: Path,
     test_published: bool = True,
+    calibration: Calibration | None = None,
 ) -> str:
     """``config`` is the run's config.json; the model facts come from ``best.pt`` itself.
     ``test_published``: whether the test files the confusion matrix counts are the
-    published ones (by SHA-256)."""
+    published ones (by SHA-256); ``calibration``: the test set's, at the model's
+    temperature (its section is left out without it)."""
     runtime = config.get("runtime", {})
     spec = loaded.spec
     n = int(confusion.sum())
@@ -107,6 +123,7 @@ def model_card(
         "| --- | --- |",
         *(f"| {name} | {acc:.4f} |" for name, acc in per_class.items()),
         "",
+        *_calibration_lines(calibration),
         *_figure_lines(),
         "## Hardware and time",
         f"- Device {runtime.get('device', '?')} ({runtime.get('device_name', 'unknown')}), "
@@ -131,6 +148,27 @@ def _recipe_lines(config: dict[str, Any]) -> list[str]:
         "```sh",
         reproduce_command(config),
         "```",
+        "",
+    ]
+
+
+def _calibration_lines(calibration: Calibration | None) -> list[str]:
+    """How honest the test probabilities are, at the model's temperature and at 1."""
+    if calibration is None:
+        return []
+    c = calibration
+    how = (
+        f"temperature {c.temperature:.4f}, fitted on the validation split by `calibrate`"
+        if c.temperature != 1.0
+        else "not calibrated (temperature 1: `fmnist-alexnet calibrate RUN` fits one)"
+    )
+    return [
+        "## Calibration",
+        f"- Probabilities: {how}.",
+        f"- On the test set: expected calibration error {c.ece:.4f} ({c.ece_uncalibrated:.4f} "
+        f"for the raw softmax), negative log-likelihood {c.nll:.4f} ({c.nll_uncalibrated:.4f}).",
+        "",
+        "![reliability diagram](reliability.png)",
         "",
     ]
 
@@ -165,11 +203,11 @@ def _test_set(n: int, published: bool = True) -> str:
 
 
 @torch.no_grad()
-def _probabilities(loaded: LoadedModel, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
+def _logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
     chunks = []
     tensor = torch.from_numpy(images.copy())[:, None]
     for start in range(0, len(tensor), batch_size):
-        chunks.append(torch.softmax(loaded.logits(tensor[start : start + batch_size]), 1).cpu())
+        chunks.append(loaded.logits(tensor[start : start + batch_size]).cpu())
     return torch.cat(chunks).numpy()
 
 
