@@ -157,13 +157,21 @@ def test_export_agrees_with_pytorch_and_carries_the_contract(run_dir, tmp_path, 
     assert contract["class_names"][9] == "Ankle boot" and contract["num_classes"] == 10
 
 
-def test_onnx_export_from_the_cli_agrees_and_says_two_lines_and_nothing_else(run_dir, tmp_path):
-    # A real process: torch's exporter logs to stderr and warns about its own internals
-    # (torchvision's ops not installed, a deprecated pytree class) unless export quiets it.
-    path = tmp_path / "model.onnx"
+@pytest.fixture(scope="module")
+def cli_onnx(run_dir, tmp_path_factory):
+    """The small run exported to ONNX once, by a real process (the tests below share it)."""
+    path = tmp_path_factory.mktemp("onnx") / "model.onnx"
     best = run_dir / "checkpoints" / "best.pt"
     argv = [sys.executable, "-m", "fmnist_alexnet", "export", str(best), "--format", "onnx"]
-    proc = subprocess.run([*argv, "--out", str(path)], capture_output=True, text=True)
+    yield path, subprocess.run([*argv, "--out", str(path)], capture_output=True, text=True)
+    path.unlink(missing_ok=True)
+
+
+def test_onnx_export_from_the_cli_agrees_and_says_two_lines_and_nothing_else(run_dir, cli_onnx):
+    # A real process: torch's exporter logs to stderr and warns about its own internals
+    # (torchvision's ops not installed, a deprecated pytree class) unless export quiets it.
+    path, proc = cli_onnx
+    best = run_dir / "checkpoints" / "best.pt"
     assert proc.returncode == 0 and proc.stderr == ""
     lines = proc.stdout.splitlines()
     assert len(lines) == 2 and lines[0].startswith(f"wrote {path} (") and "onnx" in lines[0]
@@ -196,10 +204,9 @@ def stored_contract(fmt, path) -> dict:
         return json.loads(handle.metadata()["fmnist_alexnet"])
 
 
-def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
+def test_predict_through_onnx_matches_torch(run_dir, cli_onnx, real_data):
     best = run_dir / "checkpoints" / "best.pt"
-    path = tmp_path / "m.onnx"
-    export(best, "onnx", path, check_images=8)
+    path, _ = cli_onnx
     images = torch.from_numpy(load_splits(real_data)["test"][0][:64].copy())[:, None]
     onnx_model = OnnxModel.load(path)
     spec = load_model(best, "cpu").spec
@@ -212,9 +219,8 @@ def test_predict_through_onnx_matches_torch(run_dir, tmp_path, real_data):
         assert onnx_model.logits(images[:batch]).shape == (batch, 10)
 
 
-def test_predict_picks_onnxruntime_for_an_onnx_file(run_dir, tmp_path, real_data, capsys):
-    path = tmp_path / "m.onnx"
-    export(run_dir / "checkpoints" / "best.pt", "onnx", path, check_images=8)
+def test_predict_picks_onnxruntime_for_an_onnx_file(cli_onnx, tmp_path, real_data, capsys):
+    path, _ = cli_onnx
     for i, image in enumerate(load_splits(real_data)["test"][0][:4]):
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     printed = []
