@@ -66,7 +66,8 @@ def serve(
     model, info = load_served(model_path, engine, device, precision, threads)
     app = create_app(model, info, settings, _test_samples(data_dir))
     server = build_server(app, host, port)
-    log(f"serving {info['file']} ({info['arch']}, {info['engine']}) on http://{host}:{port}/")
+    what = f"{info['arch']}, {info['engine']}, {info['precision']}"
+    log(f"serving {info['file']} ({what}) on http://{host}:{port}/")
     try:
         server.run()
     except SystemExit:  # uvicorn exits when it cannot bind
