@@ -111,23 +111,14 @@ def _run(
 
 
 @torch.no_grad()
-def evaluate_classifier(
-    model: Classifier, data: DeviceData, *, batch_size: int, tta: str = "none"
-) -> Metrics:
-    """:func:`evaluate` for any engine's classifier (an ``.onnx`` export too): each batch of
+def _run_classifier(
+    model: Classifier, data: DeviceData, batch_size: int, tta: str, tally: _Tally
+) -> None:
+    """:func:`_run` for any engine's classifier (an ``.onnx`` export too): each batch of
     uint8 images through ``model.logits``, which prepares them as its contract says. The
     mirror of ``tta="flip"`` is taken of the 28x28 image, before the resize (which commutes
     with it)."""
     _check_tta(tta)
-    tally = _Tally(model.spec.num_classes, data.labels.device)
-    _run_classifier(model, data, batch_size, tta, tally)
-    return tally.metrics(Distributed())
-
-
-@torch.no_grad()
-def _run_classifier(
-    model: Classifier, data: DeviceData, batch_size: int, tta: str, tally: _Tally
-) -> None:
     for start in range(0, len(data), batch_size):
         images = data.images[start : start + batch_size]
         logits = model.logits(images).float()
@@ -234,7 +225,6 @@ def _evaluate_export(
     model, _ = load_classifier(path, "onnx")
     source = find_data(data_dir)
     data = DeviceData.from_numpy(*load_split(source, "test"), "cpu").head(limit)
-    _check_tta(tta)
     tally = _Tally(model.spec.num_classes, data.labels.device, keep=True)
     _run_classifier(model, data, batch_size, tta, tally)
     return _evaluation(tally, split, tta, model.spec, source)
