@@ -303,7 +303,13 @@ def load_model(path: str | Path, device: str = "auto", precision: str = "auto") 
     that exported models are compared against.
     """
     path = model_file(path)
-    checkpoint = load_checkpoint(path)
+    return loaded_model(load_checkpoint(path), path, device, precision)
+
+
+def loaded_model(
+    checkpoint: Checkpoint, path: Path, device: str = "auto", precision: str = "auto"
+) -> LoadedModel:
+    """:func:`load_model` of a checkpoint already read from ``path`` (named in errors)."""
     spec = checkpoint.spec
     device_ = resolve_device(device)
     model = spec.build_model()

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from fmnist_alexnet.checkpoint import load_checkpoint, load_model, model_file, save_checkpoint
+from fmnist_alexnet.checkpoint import load_checkpoint, loaded_model, model_file, save_checkpoint
 from fmnist_alexnet.data.batches import DeviceData, validation_split
 from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
@@ -108,7 +108,7 @@ def calibrate_checkpoint(
             f"{path}: trained with --val-size 0, so no validation split to calibrate on "
             "(the test set is never used for it)"
         )
-    loaded = load_model(path, device)
+    loaded = loaded_model(checkpoint, path, device)  # the file is read once
     source = find_data(data_dir or config.data_dir)
     full = DeviceData.from_numpy(*load_split(source, "train"), loaded.device)
     _, val = validation_split(full, config.val_size, config.split_seed)
