@@ -79,7 +79,8 @@ def _bench(
     batches: tuple[int, ...],
     data_dir: str | Path | None,
 ) -> InferenceBenchmark:
-    models = [_load(path, threads) for path in paths]
+    loaded = [load_classifier(path, "auto", "cpu", "auto", threads) for path in paths]
+    models = [model for model, _ in loaded]
     test_images = load_split(find_data(data_dir), "test")[0]
     images = torch.from_numpy(test_images[: max(LATENCY_CALLS, *batches)].copy())[:, None]
     for model in models:  # untimed: first calls allocate and pick kernels
@@ -100,11 +101,11 @@ def _bench(
         windows=windows,
         latency_calls=windows * LATENCY_CALLS,
     )
-    for path, model, times, by_size in zip(paths, models, latencies, rates, strict=True):
+    for path, (model, engine), times, by_size in zip(paths, loaded, latencies, rates, strict=True):
         result.models.append(
             ModelTiming(
                 model=path,
-                engine=_engine(model),
+                engine=engine,
                 precision=model.precision,
                 model_bytes=_model_bytes(model, path),
                 p50_ms=float(np.percentile(times, 50)),
@@ -113,11 +114,6 @@ def _bench(
             )
         )
     return result
-
-
-def _load(path: str, threads: int | None) -> Classifier:
-    model, _ = load_classifier(path, "auto", "cpu", "auto", threads=threads)
-    return model
 
 
 def _latencies(model: Classifier, images: torch.Tensor) -> list[float]:
@@ -134,10 +130,6 @@ def _rate(model: Classifier, batch: torch.Tensor) -> float:
     for _ in range(THROUGHPUT_CALLS):
         model.logits(batch)
     return THROUGHPUT_CALLS * len(batch) / (time.perf_counter() - started)
-
-
-def _engine(model: Classifier) -> str:
-    return "torch" if isinstance(model, LoadedModel) else "onnx"
 
 
 def _model_bytes(model: Classifier, path: str) -> int:
