@@ -76,20 +76,19 @@ def export(
         train_images = load_split(source, "train")[0]
         picked = train_images[calibration_indices(len(train_images), calibration_images)]
         calibration = loaded.preprocess(torch.from_numpy(picked)[:, None]).numpy()
-        data, check = _int8_onnx(
+        data, facts = _int8_onnx(
             model, example, contract, method, calibration, inputs, reference, labels
         )
         atomic_write_bytes(out, data)
-        contract = {**contract, "quantization": check}
+        contract, parity = {**contract, "quantization": facts}, facts["check"]
     else:
         atomic_write_bytes(out, WRITERS[fmt](model, example, json.dumps(contract)))
-        exported = run_exported(fmt, out, inputs, spec)
-        check = {"check": _parity(exported, reference, labels)}
+        parity = _parity(run_exported(fmt, out, inputs, spec), reference, labels)
     return {
         "format": fmt,
         "path": str(out),
         "bytes": out.stat().st_size,
-        **check["check"],
+        **parity,
         "input": f"float32 [batch, 1, {spec.image_size}, {spec.image_size}]",
         "contract": contract,
     }
