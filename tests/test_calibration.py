@@ -61,7 +61,8 @@ def test_predict_evaluate_and_an_export_use_the_temperature(
         Image.fromarray(image).save(tmp_path / f"{i}.png")
     rows = {}
     for flags in ([], ["--no-calibration"]):
-        assert main(["predict", str(calibrated), str(tmp_path), "--json", *flags]) == 0
+        argv = ["predict", str(calibrated), str(tmp_path), "--json", "--precision", "fp32"]
+        assert main([*argv, *flags]) == 0
         rows[bool(flags)] = json.loads(capsys.readouterr().out)
     calibrated_top = [row["top"][0] for row in rows[False]]
     raw_top = [row["top"][0] for row in rows[True]]

@@ -1,6 +1,7 @@
 """What evaluate, predict and bench print, byte for byte: each output form of fixed typed
 results against tests/data/cli_outputs.json, recorded from the CLI when its results were
-dicts. A changed format breaks scripts that parse it; change that file only on purpose."""
+dicts (predict's when it gained the out-of-distribution verdict). A changed format breaks
+scripts that parse it; change that file only on purpose."""
 
 import dataclasses
 import json
@@ -14,7 +15,7 @@ from fmnist_alexnet.bench.timing import Benchmark
 from fmnist_alexnet.data import CLASS_NAMES
 from fmnist_alexnet.infer import evaluate, predict
 from fmnist_alexnet.infer.evaluate import Evaluation
-from fmnist_alexnet.infer.predict import ClassScore, Prediction
+from fmnist_alexnet.infer.predict import Answer, ClassScore, Prediction
 
 RECORDED = json.loads((Path(__file__).parent / "data" / "cli_outputs.json").read_text())
 
@@ -31,9 +32,18 @@ EVALUATION = Evaluation(
 )
 UNPUBLISHED = dataclasses.replace(EVALUATION, tta="none", data_published=False)
 PREDICTIONS = [
-    Prediction("a.png", [ClassScore(9, "Ankle boot", 0.912345678), ClassScore(7, "Sneaker", 0.05)]),
+    Prediction(
+        "a.png",
+        Answer(
+            [ClassScore(9, "Ankle boot", 0.912345678), ClassScore(7, "Sneaker", 0.05)], -9.5, False
+        ),
+    ),
     Prediction('b,c "q".png', error='b,c "q".png: not an image file this tool can read'),
-    Prediction("d.png", [ClassScore(0, "T-shirt/top", 1 / 3), ClassScore(6, "Shirt", 0.25)]),
+    Prediction(
+        "d.png",
+        Answer([ClassScore(0, "T-shirt/top", 1 / 3), ClassScore(6, "Shirt", 0.25)], -2.25, True),
+    ),
+    Prediction("e.png", Answer([ClassScore(1, "Trouser", 0.5)], -4.0, None)),  # no threshold fitted
 ]
 BENCHMARK = Benchmark(
     preset="quick",

@@ -201,7 +201,7 @@ def test_csv_and_text_output(tmp_path, originals, trained, capsys):
     save_all(tmp_path / "p", originals[0][:2], Image.fromarray, ".png")
     assert main(["predict", str(trained), str(tmp_path / "p"), "--csv", "--top-k", "2"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "path,rank,label,class,prob,error" and len(lines) == 1 + 2 * 2
+    assert lines[0] == "path,rank,label,class,prob,error,ood" and len(lines) == 1 + 2 * 2
     assert main(["predict", str(trained), str(tmp_path / "p" / "000.png")]) == 0
     assert capsys.readouterr().out.count(":") == 1
 

@@ -68,10 +68,13 @@ def test_report_writes_non_trivial_pictures_and_a_model_card(run_dir, capsys):
     assert "fmnist-alexnet train --preset quick" in card and "--image-size 63" in card
     assert f"| Ankle boot | {full_test.per_class['Ankle boot']:.4f} |" in card
     assert "- Training on 512 images; validation (model selection) on 256 held out of the " in card
-    assert "- Probabilities: not calibrated (temperature 1:" in card  # small_run never is
     calibration = full_test.calibration
+    assert f"- Probabilities: temperature {calibration.temperature:.4f}, fitted on the " in card
     assert f"expected calibration error {calibration.ece:.4f}" in card
     assert "![reliability diagram](reliability.png)" in card
+    assert "## Not a Fashion-MNIST item\n- Score `energy`; a picture scoring above " in card
+    assert "| handwritten digits (scikit-learn) | 1,797 | 0." in card
+    assert "| photo crops (scikit-image) | 1,024 |" in card and "| uniform noise | 1,000 |" in card
 
 
 @pytest.mark.parametrize(("n", "shown", "cells"), [(1, 1, 8), (9, 9, 16), (100, 40, 40)])

@@ -63,6 +63,10 @@ def test_run_folder_contents(straight_run):
     state = torch.load(straight_run / "checkpoints" / "best.pt", weights_only=True)
     assert {"model", "optimizer", "scheduler", "epoch", "step", "rng", "config"} <= set(state)
     assert state["format_version"] == FORMAT_VERSION
+    fitted = {key: state["spec"].pop(key) for key in ("temperature", "ood_method", "ood_threshold")}
+    # training fitted the temperature and threshold on its validation split
+    assert 0.01 <= fitted["temperature"] <= 100 and fitted["temperature"] != 1.0
+    assert fitted["ood_method"] == "energy" and math.isfinite(fitted["ood_threshold"])
     assert state["spec"] == {
         "arch": "alexnet",
         "image_size": 63,
@@ -72,7 +76,6 @@ def test_run_folder_contents(straight_run):
         "class_names": list(CLASS_NAMES),
         "num_classes": 10,
         "precision": "fp32",
-        "temperature": 1.0,  # until `calibrate` fits one
     }
     test = json.loads((straight_run / "test_metrics.json").read_text())
     assert test["n"] == 64 and 0 <= test["accuracy"] <= 1

@@ -32,6 +32,7 @@ from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.engines import ENGINES, load_classifier
 from fmnist_alexnet.infer.evaluate import TTA_CHOICES
 from fmnist_alexnet.infer.export import CHECK_IMAGES, FORMATS
+from fmnist_alexnet.infer.ood import DEFAULT_METHOD, KEEP_REAL, OOD_METHODS
 from fmnist_alexnet.infer.quantize import CALIBRATION_IMAGES, int8_line
 from fmnist_alexnet.infer.quantize import METHODS as QUANTIZE_METHODS
 from fmnist_alexnet.runtime import DEVICES, PRECISIONS
@@ -266,6 +267,11 @@ def _add_predict(commands: Commands) -> None:
     predict.add_argument("--batch-size", type=integer(1), default=64, help="default 64")
     _no_calibration_flag(predict)
     _precision_flag(predict)
+    predict.add_argument(
+        "--explain",
+        metavar="DIR",
+        help="write, per image, a PNG of the pixels that drove its top class (docs/explain.md)",
+    )
     output = predict.add_mutually_exclusive_group()
     output.add_argument("--json", action="store_true", help="print one JSON array")
     output.add_argument("--csv", action="store_true", help="print CSV: path,rank,label,class,prob")
@@ -309,14 +315,22 @@ def _add_export(commands: Commands) -> None:
 def _add_calibrate(commands: Commands) -> None:
     calibrate = commands.add_parser(
         "calibrate",
-        help="fit the temperature of a checkpoint's probabilities on its validation split",
+        help="fit a checkpoint's temperature and not-a-garment threshold on its validation split",
         description="Temperature scaling: the one T that makes softmax(logits / T) most likely "
-        "on the run's held-out validation split, written into the checkpoint; predict, "
-        "evaluate, serve and export then use it (docs/calibration.md).",
+        "on the run's held-out validation split; and the out-of-distribution score's threshold "
+        f"that keeps {KEEP_REAL:.0%} of those images as garments. Both are written into the "
+        "checkpoint; predict, evaluate, serve and export then use them (docs/calibration.md, "
+        "docs/ood.md).",
     )
     calibrate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     _device_flag(calibrate)
     calibrate.add_argument("--batch-size", type=integer(1), default=500, help="default 500")
+    calibrate.add_argument(
+        "--ood-score",
+        choices=OOD_METHODS,
+        default=DEFAULT_METHOD,
+        help=f"the out-of-distribution score to fit a threshold for (default {DEFAULT_METHOD})",
+    )
     calibrate.add_argument("--json", action="store_true", help="print one JSON object")
     _data_dir_flag(calibrate)
 
@@ -704,6 +718,7 @@ def _predict(args: argparse.Namespace) -> int:
         invert=args.invert,
         batch_size=args.batch_size,
         calibrated=not args.no_calibration,
+        explain=args.explain,
     )
     if not results:
         raise FmnistError("no image files found in " + " ".join(args.paths))
@@ -717,19 +732,24 @@ def _predict(args: argparse.Namespace) -> int:
                 print(f"{result.path}: error: {result.error}", file=sys.stderr)
                 continue
             tops = ", ".join(f"{score.class_name} {score.prob:.3f}" for score in result.top)
+            if result.answer is not None and result.answer.ood:
+                tops = f"does not look like a clothing item (nearest: {tops})"
             print(f"{result.path}: {tops}")
     return 1 if any(result.error is not None for result in results) else 0
 
 
 def _write_csv(results: list[Prediction], stream: TextIO) -> None:
     writer = csv.writer(stream, lineterminator="\n")
-    writer.writerow(["path", "rank", "label", "class", "prob", "error"])
+    # ood last: the columns scripts already read keep their places
+    writer.writerow(["path", "rank", "label", "class", "prob", "error", "ood"])
     for result in results:
-        for rank, score in enumerate(result.top, 1):
-            row = [result.path, rank, score.label, score.class_name, f"{score.prob:.6f}", ""]
-            writer.writerow(row)
+        if result.answer is not None:
+            ood = "" if result.answer.ood is None else str(result.answer.ood).lower()
+            for rank, score in enumerate(result.top, 1):
+                prob = f"{score.prob:.6f}"
+                writer.writerow([result.path, rank, score.label, score.class_name, prob, "", ood])
         if result.error is not None:
-            writer.writerow([result.path, "", "", "", "", result.error])
+            writer.writerow([result.path, "", "", "", "", result.error, ""])
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -764,7 +784,11 @@ def _calibrate(args: argparse.Namespace) -> int:
     from fmnist_alexnet.infer.calibration import calibrate_checkpoint
 
     result = calibrate_checkpoint(
-        args.checkpoint, data_dir=args.data_dir, device=args.device, batch_size=args.batch_size
+        args.checkpoint,
+        data_dir=args.data_dir,
+        device=args.device,
+        batch_size=args.batch_size,
+        ood_method=args.ood_score,
     )
     return _print_result(result, args.json, _calibrated_lines)
 
@@ -776,6 +800,8 @@ def _calibrated_lines(result: Calibrated) -> list[str]:
         f"written to {result.path}",
         f"on them: ECE {f.ece_uncalibrated:.4f} -> {f.ece:.4f}, "
         f"NLL {f.nll_uncalibrated:.4f} -> {f.nll:.4f}",
+        f"not-a-garment threshold: {result.ood_method} score above {result.ood_threshold:.4f} "
+        f"(keeps {KEEP_REAL:.0%} of the validation images)",
     ]
 
 

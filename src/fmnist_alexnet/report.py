@@ -24,6 +24,8 @@ from fmnist_alexnet.figures import (
 )
 from fmnist_alexnet.infer.calibration import Calibration, measure
 from fmnist_alexnet.infer.evaluate import per_class_accuracy
+from fmnist_alexnet.infer.ood import KEEP_REAL
+from fmnist_alexnet.infer.ood_sets import SET_NAMES, OodTable, available, ood_table
 from fmnist_alexnet.model import count_parameters
 from fmnist_alexnet.recipe import NOT_RECIPE, reproduce_command
 from fmnist_alexnet.train.rundir import RunDir
@@ -50,6 +52,9 @@ def write_report(
     calibration = measure(
         torch.from_numpy(logits), torch.from_numpy(labels.astype(np.int64)), temperature
     )
+    ood = None
+    if loaded.spec.ood_threshold is not None and available():
+        ood = ood_table(loaded, torch.from_numpy(logits))
     predictions = probs.argmax(1)
     names = loaded.spec.class_names
     confusion = np.zeros((len(names), len(names)), dtype=np.int64)
@@ -71,6 +76,7 @@ def write_report(
         run.path,
         test_published=is_published(source),
         calibration=calibration,
+        ood=ood,
     )
     written.append(atomic_write_text(run.path / "report.md", card))
     return written
@@ -84,11 +90,13 @@ def model_card(
     run_path: Path,
     test_published: bool = True,
     calibration: Calibration | None = None,
+    ood: OodTable | None = None,
 ) -> str:
     """``config`` is the run's config.json; the model facts come from ``best.pt`` itself.
     ``test_published``: whether the test files the confusion matrix counts are the
     published ones (by SHA-256); ``calibration``: the test set's, at the model's
-    temperature (its section is left out without it)."""
+    temperature (its section is left out without it); ``ood``: the out-of-distribution
+    table (without it, the section says how to get one)."""
     runtime = config.get("runtime", {})
     spec = loaded.spec
     n = int(confusion.sum())
@@ -124,6 +132,7 @@ def model_card(
         *(f"| {name} | {acc:.4f} |" for name, acc in per_class.items()),
         "",
         *_calibration_lines(calibration),
+        *_ood_lines(ood, spec.ood_threshold is not None),
         *_figure_lines(),
         "## Hardware and time",
         f"- Device {runtime.get('device', '?')} ({runtime.get('device_name', 'unknown')}), "
@@ -158,7 +167,8 @@ def _calibration_lines(calibration: Calibration | None) -> list[str]:
         return []
     c = calibration
     how = (
-        f"temperature {c.temperature:.4f}, fitted on the validation split by `calibrate`"
+        f"temperature {c.temperature:.4f}, fitted on the validation split (by training, or "
+        "by `calibrate` for an older run)"
         if c.temperature != 1.0
         else "not calibrated (temperature 1: `fmnist-alexnet calibrate RUN` fits one)"
     )
@@ -169,6 +179,36 @@ def _calibration_lines(calibration: Calibration | None) -> list[str]:
         f"for the raw softmax), negative log-likelihood {c.nll:.4f} ({c.nll_uncalibrated:.4f}).",
         "",
         "![reliability diagram](reliability.png)",
+        "",
+    ]
+
+
+def _ood_lines(ood: OodTable | None, fitted: bool) -> list[str]:
+    """How well the model tells pictures that are not clothing from the test set."""
+    lines = ["## Not a Fashion-MNIST item"]
+    if ood is None:
+        why = (
+            "install the `ood-sets` extra (scikit-learn, scikit-image) and rerun `report`"
+            if fitted
+            else "no threshold fitted: `fmnist-alexnet calibrate RUN` fits one"
+        )
+        return [*lines, f"- Not measured: {why}.", ""]
+    return [
+        *lines,
+        f"- Score `{ood.method}`; a picture scoring above {ood.threshold:.4f} (the value that "
+        f"keeps {KEEP_REAL:.0%} of the validation images) is reported as not a clothing item. "
+        "It flags "
+        f"{ood.test_flagged:.2%} of the {ood.test_images:,} test images.",
+        "- AUROC against the test set (1: always told apart); FPR at 95 % TPR: the share "
+        "still taken for clothing when 95 % of the test set is; flagged: by the threshold.",
+        "",
+        "| pictures | images | AUROC | FPR at 95 % TPR | flagged |",
+        "| --- | --- | --- | --- | --- |",
+        *(
+            f"| {SET_NAMES[row.name]} | {row.images:,} | {row.auroc:.4f} | "
+            f"{row.fpr_at_95_tpr:.2%} | {row.flagged:.2%} |"
+            for row in ood.sets
+        ),
         "",
     ]
 

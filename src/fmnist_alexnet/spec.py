@@ -20,6 +20,7 @@ from torch import nn
 from fmnist_alexnet.data import CLASS_NAMES
 from fmnist_alexnet.data.batches import RESIZE_MODES, Preprocess
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.ood import DEFAULT_METHOD, OOD_METHODS
 from fmnist_alexnet.model import ARCHS, build_model, check_image_size
 from fmnist_alexnet.runtime import PRECISIONS
 
@@ -39,6 +40,10 @@ class ModelSpec:
     precision: str = "auto"  # what the run trained in: auto | bf16 | fp32
     # softmax(logits / temperature): fitted on the validation split by `calibrate` (1: not)
     temperature: float = 1.0
+    # an out-of-distribution score above ood_threshold: not a Fashion-MNIST item (infer/ood.py);
+    # fitted with the temperature (None: not fitted, nothing is flagged)
+    ood_method: str = DEFAULT_METHOD
+    ood_threshold: float | None = None
 
     @property
     def num_classes(self) -> int:
@@ -72,6 +77,8 @@ class ModelSpec:
                 class_names=_class_names(values),
                 precision=values.get("precision", "auto"),
                 temperature=float(values.get("temperature", 1.0)),
+                ood_method=values.get("ood_method", DEFAULT_METHOD),
+                ood_threshold=_optional_float(values.get("ood_threshold")),
             )
             spec.check()
         except (FmnistError, TypeError, ValueError, OverflowError) as exc:
@@ -90,6 +97,10 @@ class ModelSpec:
             raise FmnistError(f"unknown resize mode {self.resize_mode!r}")
         if not (math.isfinite(self.temperature) and self.temperature > 0):
             raise FmnistError(f"temperature {self.temperature} must be finite and > 0")
+        if self.ood_method not in OOD_METHODS:
+            raise FmnistError(f"unknown out-of-distribution score {self.ood_method!r}")
+        if self.ood_threshold is not None and not math.isfinite(self.ood_threshold):
+            raise FmnistError(f"out-of-distribution threshold {self.ood_threshold} is not finite")
         if self.precision not in PRECISIONS:
             raise FmnistError(f"unknown precision {self.precision!r}")
         if not 1 <= self.num_classes <= MAX_CLASSES:
@@ -104,7 +115,8 @@ class ModelSpec:
 
     def export_contract(self) -> dict[str, Any]:
         values = self.to_dict()
-        return {key: values[key] for key in (*EXPORT_FIELDS, "class_names", "temperature")}
+        fitted = ("temperature", "ood_method", "ood_threshold")  # by `calibrate`
+        return {key: values[key] for key in (*EXPORT_FIELDS, "class_names", *fitted)}
 
     def preprocess(self) -> Preprocess:
         return Preprocess(self.image_size, self.mean, self.std, self.resize_mode)
@@ -117,6 +129,10 @@ def _whole(value: Any) -> int:
     if isinstance(value, bool) or int(value) != value:
         raise ValueError(f"not a whole number: {value!r}")
     return int(value)
+
+
+def _optional_float(value: Any) -> float | None:
+    return None if value is None else float(value)
 
 
 def _class_names(values: dict[str, Any]) -> tuple[str, ...]:

@@ -1,5 +1,6 @@
 """Calibrated probabilities: temperature scaling (Guo et al., "On Calibration of Modern
-Neural Networks", 2017), fitted on the validation split, never the test set.
+Neural Networks", 2017), fitted on the validation split, never the test set; with it, the
+out-of-distribution threshold (``infer/ood.py``) on the same images.
 
 One scalar T divides every logit before the softmax; it is the T that minimises the negative
 log-likelihood of the held-out labels, so it changes no answer (the argmax stays), only how
@@ -21,6 +22,8 @@ from fmnist_alexnet.checkpoint import load_checkpoint, loaded_model, model_file,
 from fmnist_alexnet.data.batches import DeviceData, validation_split
 from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.ood import DEFAULT_METHOD, fit_threshold, ood_scores
+from fmnist_alexnet.spec import ModelSpec
 
 ECE_BINS = 15
 
@@ -39,8 +42,13 @@ class Calibration:
         return asdict(self)
 
 
+MIN_TEMPERATURE, MAX_TEMPERATURE = 0.01, 100.0
+
+
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    """The T > 0 minimising the mean NLL of ``softmax(logits / T)``: L-BFGS over log T."""
+    """The T > 0 minimising the mean NLL of ``softmax(logits / T)``: L-BFGS over log T,
+    kept within [0.01, 100] (a network at chance level would drive T to infinity; at 100 its
+    probabilities are already as good as uniform)."""
     logits, labels = logits.detach().double().cpu(), labels.cpu()
     log_t = torch.zeros(1, dtype=torch.float64, requires_grad=True)
     optimizer = torch.optim.LBFGS(
@@ -54,7 +62,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor) -> float:
         return loss
 
     optimizer.step(closure)  # type: ignore[no-untyped-call]
-    return float(log_t.detach().exp())
+    return min(max(float(log_t.detach().exp()), MIN_TEMPERATURE), MAX_TEMPERATURE)
 
 
 def measure(logits: torch.Tensor, labels: torch.Tensor, temperature: float) -> Calibration:
@@ -82,14 +90,36 @@ def expected_calibration_error(logits: torch.Tensor, labels: torch.Tensor) -> fl
 
 @dataclass(frozen=True)
 class Calibrated:
-    """What ``calibrate`` did: the checkpoint it wrote and the validation figures."""
+    """What ``calibrate`` did: the checkpoint it wrote, the validation figures and the
+    out-of-distribution threshold fitted with them."""
 
     path: str
     images: int  # validation images the temperature was fitted on
     figures: Calibration
+    ood_method: str
+    ood_threshold: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "images": self.images, **self.figures.to_dict()}
+        return {
+            "path": self.path,
+            "images": self.images,
+            **self.figures.to_dict(),
+            "ood_method": self.ood_method,
+            "ood_threshold": self.ood_threshold,
+        }
+
+
+def fitted_spec(
+    spec: ModelSpec, val_logits: torch.Tensor, val_labels: torch.Tensor, ood_method: str
+) -> tuple[ModelSpec, Calibration]:
+    """``spec`` with the temperature and the out-of-distribution threshold fitted on the
+    validation logits, and the validation figures at that temperature."""
+    temperature = fit_temperature(val_logits, val_labels)
+    threshold = fit_threshold(ood_scores(val_logits, ood_method, temperature))
+    spec = dataclasses.replace(
+        spec, temperature=temperature, ood_method=ood_method, ood_threshold=threshold
+    )
+    return spec, measure(val_logits, val_labels, temperature)
 
 
 def calibrate_checkpoint(
@@ -97,9 +127,11 @@ def calibrate_checkpoint(
     data_dir: str | Path | None = None,
     device: str = "auto",
     batch_size: int = 500,
+    ood_method: str = DEFAULT_METHOD,
 ) -> Calibrated:
-    """Fit the temperature of a checkpoint (or a run folder's ``best.pt``) on the validation
-    split its run held out, and write it into the checkpoint's spec (atomically)."""
+    """Fit the temperature and the out-of-distribution threshold of a checkpoint (or a run
+    folder's ``best.pt``) on the validation split its run held out, and write them into the
+    checkpoint's spec (atomically)."""
     path = model_file(path)
     checkpoint = load_checkpoint(path)
     config = checkpoint.config
@@ -119,7 +151,7 @@ def calibrate_checkpoint(
                 for start in range(0, len(val), batch_size)
             ]
         )
-    temperature = fit_temperature(logits, val.labels)
-    spec = dataclasses.replace(checkpoint.spec, temperature=temperature)
+    spec, figures = fitted_spec(checkpoint.spec, logits, val.labels, ood_method)
     save_checkpoint(path, dataclasses.replace(checkpoint, spec=spec))
-    return Calibrated(str(path), len(val), measure(logits, val.labels, temperature))
+    assert spec.ood_threshold is not None
+    return Calibrated(str(path), len(val), figures, spec.ood_method, spec.ood_threshold)

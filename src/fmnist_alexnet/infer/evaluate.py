@@ -111,6 +111,28 @@ def _run(
 
 
 @torch.no_grad()
+def split_logits(
+    model: nn.Module,
+    data: DeviceData,
+    preprocess: Preprocess,
+    *,
+    batch_size: int,
+    autocast: AbstractContextManager[object],
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """The float32 logits of all of ``data``, in order, on the CPU, from this process alone
+    (what calibration fits on)."""
+    was_training = model.training
+    model.eval()
+    kept = []
+    for inputs, _ in eval_batches(data, batch_size, preprocess, channels_last=channels_last):
+        with autocast:
+            kept.append(model(inputs).float().cpu())
+    model.train(was_training)
+    return torch.cat(kept)
+
+
+@torch.no_grad()
 def _run_classifier(
     model: Classifier, data: DeviceData, batch_size: int, tta: str, tally: _Tally
 ) -> None:

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 import io
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -25,6 +25,7 @@ import torch
 
 from fmnist_alexnet.data.batches import IMAGE_SIDE
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.infer.ood import ood_scores
 from fmnist_alexnet.spec import ModelSpec
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
@@ -50,18 +51,43 @@ class ClassScore:
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """One file's top classes, best first, or why it could not be read (``error``)."""
+class Answer:
+    """What the model says of one image: its top classes, best first, and whether the image
+    looks like a Fashion-MNIST item at all (``ood``: True when its out-of-distribution score
+    is above the model's threshold; None when the model has none fitted)."""
 
-    path: str
-    top: list[ClassScore] = field(default_factory=list)
-    error: str | None = None
+    top: list[ClassScore]
+    ood_score: float
+    ood: bool | None
 
     def to_dict(self) -> dict[str, Any]:
-        """``predict --json``'s object: ``path`` with ``top`` or with ``error``."""
-        if self.error is not None:
-            return {"path": self.path, "error": self.error}
-        return {"path": self.path, "top": [score.to_dict() for score in self.top]}
+        return {
+            "top": [score.to_dict() for score in self.top],
+            "ood": self.ood,
+            "ood_score": self.ood_score,
+        }
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One file's :class:`Answer`, or why it could not be read (``error``)."""
+
+    path: str
+    answer: Answer | None = None
+    error: str | None = None
+    explanation: str | None = None  # the heatmap PNG written for it (``--explain DIR``)
+
+    @property
+    def top(self) -> list[ClassScore]:
+        return self.answer.top if self.answer else []
+
+    def to_dict(self) -> dict[str, Any]:
+        """``predict --json``'s object: ``path`` with ``top``, ``ood`` and ``ood_score``, or
+        with ``error``."""
+        if self.answer is None:
+            return {"path": self.path, "error": self.error or "not run"}
+        explained = {} if self.explanation is None else {"explanation": self.explanation}
+        return {"path": self.path, **self.answer.to_dict(), **explained}
 
 
 class Classifier(Protocol):
@@ -121,6 +147,22 @@ def top_classes(
     ]
 
 
+def answers(
+    logits: torch.Tensor, spec: ModelSpec, top_k: int, calibrated: bool = True
+) -> list[Answer]:
+    """Per row of ``logits``: its top classes (calibrated by the spec's temperature unless
+    ``calibrated=False``) and its out-of-distribution verdict. The score always uses the
+    fitted temperature: the threshold was fitted with it."""
+    temperature = spec.temperature if calibrated else 1.0
+    tops = top_classes(logits, spec.class_names, top_k, temperature)
+    scores = ood_scores(logits, spec.ood_method, spec.temperature).tolist()
+    threshold = spec.ood_threshold
+    return [
+        Answer(top, score, None if threshold is None else score > threshold)
+        for top, score in zip(tops, scores, strict=True)
+    ]
+
+
 def predict_images(
     model: Classifier,
     paths: Iterable[str | Path],
@@ -129,12 +171,14 @@ def predict_images(
     invert: str = "auto",
     batch_size: int = 64,
     calibrated: bool = True,
+    explain: str | Path | None = None,
 ) -> list[Prediction]:
     """A :class:`Prediction` per file (its top classes, or its error), in the order of
     ``paths``; files are prepared, then run through ``model`` in batches. Probabilities are
-    calibrated by the model's temperature unless ``calibrated=False`` (the raw softmax)."""
+    calibrated by the model's temperature unless ``calibrated=False`` (the raw softmax).
+    ``explain``: a folder that gets, per image, a PNG of what drove its top class
+    (:mod:`~fmnist_alexnet.infer.explain`)."""
     names = model.spec.class_names
-    temperature = model.spec.temperature if calibrated else 1.0
     if not 1 <= top_k <= len(names):
         raise FmnistError(f"--top-k must be in 1..{len(names)}, got {top_k}")
     if batch_size < 1:
@@ -147,13 +191,60 @@ def predict_images(
             results.append(Prediction(str(path)))
         except ImageError as exc:
             results.append(Prediction(str(path), error=str(exc)))
+    files = _explanation_files(results, explain)
     for start in range(0, len(ready), batch_size):
         chunk = ready[start : start + batch_size]
         images = torch.from_numpy(np.stack([image for _, image in chunk]))[:, None]
-        tops = top_classes(model.logits(images), names, top_k, temperature)
-        for (index, _), top in zip(chunk, tops, strict=True):
-            results[index] = Prediction(results[index].path, top)
+        said = answers(model.logits(images), model.spec, top_k, calibrated)
+        written = _explain(model, images, said, [files.get(i) for i, _ in chunk])
+        for (index, _), answer, png in zip(chunk, said, written, strict=True):
+            results[index] = Prediction(results[index].path, answer, explanation=png)
     return results
+
+
+def _explanation_files(results: list[Prediction], folder: str | Path | None) -> dict[int, Path]:
+    """Where each readable image's heatmap goes: ``<folder>/<file stem>.png``, with ``-2``,
+    ``-3``... when files share a stem; the folder is created."""
+    if folder is None:
+        return {}
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FmnistError(
+            f"--explain {folder}: cannot create the folder ({exc.strerror})"
+        ) from None
+    files: dict[int, Path] = {}
+    taken: set[str] = set()
+    for index, result in enumerate(results):
+        if result.error is None:
+            stem = name = Path(result.path).stem
+            n = 1
+            while name in taken:
+                n += 1
+                name = f"{stem}-{n}"
+            taken.add(name)
+            files[index] = folder / f"{name}.png"
+    return files
+
+
+def _explain(
+    model: Classifier, images: torch.Tensor, said: list[Answer], files: list[Path | None]
+) -> list[str | None]:
+    """Write each image's heatmap of its top class to its file; the paths written (Nones
+    when not asked)."""
+    if not any(files):
+        return [None] * len(files)
+    from fmnist_alexnet.atomic import atomic_write_bytes
+    from fmnist_alexnet.infer.explain import heatmap_png, occlusion_maps
+
+    targets = torch.tensor([answer.top[0].label for answer in said])
+    maps = occlusion_maps(model, images, targets).numpy()
+    written: list[str | None] = []
+    for image, attribution, file in zip(images[:, 0].numpy(), maps, files, strict=True):
+        assert file is not None
+        written.append(str(atomic_write_bytes(file, heatmap_png(image, attribution))))
+    return written
 
 
 def _read_grayscale(source: str | Path | bytes, name: str | None = None) -> np.ndarray:

@@ -19,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import numpy as np
+import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
@@ -26,7 +27,8 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from fmnist_alexnet.infer.predict import Classifier, ImageError, prepare_image, top_classes
+from fmnist_alexnet.infer.explain import heatmap_png, occlusion_maps, png_data_url
+from fmnist_alexnet.infer.predict import Classifier, ImageError, answers, prepare_image
 from fmnist_alexnet.serve.batcher import MicroBatcher
 from fmnist_alexnet.serve.limits import BodyLimit
 from fmnist_alexnet.serve.metrics import ServeMetrics
@@ -77,9 +79,15 @@ class _Service:
     def names(self) -> tuple[str, ...]:
         return self.model.spec.class_names
 
-    @property
-    def temperature(self) -> float:
-        return self.model.spec.temperature if self.settings.calibrated else 1.0
+    def explain(self, images: list[np.ndarray], targets: list[int]) -> list[str]:
+        """Each image's heatmap of its top class, as a PNG data URL. Its forward passes run
+        in this thread, beside the batcher's (one explanation is 169 passes)."""
+        batch = torch.from_numpy(np.stack(images))[:, None]
+        maps = occlusion_maps(self.model, batch, torch.tensor(targets)).numpy()
+        return [
+            png_data_url(heatmap_png(image, attribution))
+            for image, attribution in zip(images, maps, strict=True)
+        ]
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
@@ -100,7 +108,10 @@ def create_app(
 ) -> FastAPI:
     """``info`` is what ``GET /v1/model`` answers; ``samples`` (images, labels) feed the
     page's "try test images" button when the dataset was found."""
-    service = _Service(model, info, settings or ServeSettings(), samples)
+    settings = settings or ServeSettings()
+    # whether the answers' probabilities are the fitted temperature's (the page says so)
+    calibrated = settings.calibrated and model.spec.temperature != 1.0
+    service = _Service(model, {**info, "calibrated": calibrated}, settings, samples)
     app = FastAPI(
         title="fmnist-alexnet",
         summary="AlexNet on Fashion-MNIST: classify clothing images",
@@ -156,10 +167,15 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
         request: Request,
         top_k: int = Query(3, ge=1, le=len(service.names), description="classes per image"),
         preview: bool = Query(False, description="also return each 28x28 input as a PNG"),
+        explain: bool = Query(
+            False, description="also return a PNG of what drove each image's top class"
+        ),
     ) -> dict[str, Any]:
         """Upload one or more image files in the repeatable multipart field 'files'.
-        Results come back in request order: {"filename", "top": [{"label", "class", "prob"}]}
-        per file, or {"filename", "error"} for a file that could not be read.
+        Results come back in request order: {"filename", "top": [{"label", "class", "prob"}],
+        "ood", "ood_score"} per file ("ood": true when the picture does not look like a
+        clothing item; null when the model has no fitted threshold), or {"filename", "error"}
+        for a file that could not be read.
         """
         service.arriving += 1
         try:
@@ -183,11 +199,17 @@ def _add_predict(app: FastAPI, service: _Service) -> None:
         service.metrics.file_errors.inc(len(uploads) - len(good))
         if good:
             logits = await service.batcher.logits(np.stack([arrays[i] for i in good]))
-            tops = top_classes(logits, service.names, top_k, service.temperature)
-            for i, top in zip(good, tops, strict=True):
-                results[i]["top"] = [score.to_dict() for score in top]
+            said = answers(logits, service.model.spec, top_k, settings.calibrated)
+            for i, answer in zip(good, said, strict=True):
+                results[i].update(answer.to_dict())
                 if preview:
                     results[i]["image"] = _png_data_url(arrays[i])
+            if explain:
+                images = [arrays[i] for i in good]
+                targets = [answer.top[0].label for answer in said]
+                pngs = await loop.run_in_executor(None, service.explain, images, targets)
+                for i, png in zip(good, pngs, strict=True):
+                    results[i]["explanation"] = png
         return {"results": results}
 
 

@@ -3,6 +3,7 @@ final test of the selected checkpoint. Only the CLI (and tests) call it."""
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -20,7 +21,9 @@ from fmnist_alexnet.config import TrainConfig, replace
 from fmnist_alexnet.data.batches import DeviceData
 from fmnist_alexnet.data.sources import is_published
 from fmnist_alexnet.errors import FmnistError
-from fmnist_alexnet.infer.evaluate import Metrics, evaluate
+from fmnist_alexnet.infer.calibration import fitted_spec
+from fmnist_alexnet.infer.evaluate import Metrics, evaluate, split_logits
+from fmnist_alexnet.infer.ood import DEFAULT_METHOD
 from fmnist_alexnet.recipe import NOT_RECIPE
 from fmnist_alexnet.runtime import (
     Distributed,
@@ -32,6 +35,7 @@ from fmnist_alexnet.runtime import (
 from fmnist_alexnet.spec import ModelSpec
 from fmnist_alexnet.train.data import RunData, epoch_batches, load_data
 from fmnist_alexnet.train.messages import (
+    calibrated_line,
     diverged_line,
     epoch_line,
     resumed_line,
@@ -345,6 +349,8 @@ class Trainer:
         if not test:
             return result
         result.test, best = self.final_test()
+        if self.config.val_size and self.dist.is_main:
+            self.calibrate(best)
         result.best_epoch, result.best_val_accuracy = best.best_epoch, best.best_val_acc
         result.wall_s = self.progress.elapsed_s()
         best_path = self.run.checkpoints / "best.pt"
@@ -363,6 +369,27 @@ class Trainer:
         best = ckpt.load_checkpoint(path, map_location=self.data.test.labels.device)
         ckpt.load_weights(self.step.model, best.model, path, self.spec.arch)
         return self._evaluate(self.data.test), best
+
+    def calibrate(self, best: ckpt.Checkpoint) -> None:
+        """Fit the temperature and the out-of-distribution threshold of ``best.pt`` (whose
+        weights :meth:`final_test` loaded) on the validation split, as ``calibrate`` does."""
+        step = self.step
+        logits = split_logits(
+            step.model,
+            self.data.val,
+            self.spec.preprocess(),
+            batch_size=self.config.eval_batch_size,
+            autocast=step.amp,
+            channels_last=self.config.channels_last,
+        )
+        spec, figures = fitted_spec(best.spec, logits, self.data.val.labels.cpu(), DEFAULT_METHOD)
+        calibrated = dataclasses.replace(best, spec=spec)
+        if best.epoch == self.progress.epoch:  # best.pt is last.pt: they stay one file, so a
+            self.run.save_checkpoint("last.pt", calibrated)  # resume's repair_best keeps T
+            self.run.copy_checkpoint("last.pt", "best.pt")
+        else:
+            self.run.save_checkpoint("best.pt", calibrated)
+        self.log(calibrated_line(figures, spec, len(logits)))
 
     def _evaluate(self, data: DeviceData) -> Metrics:
         return evaluate(

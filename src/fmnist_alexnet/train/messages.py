@@ -1,4 +1,5 @@
-"""The lines a training run prints: its start, a resume, each epoch, a divergence, the end."""
+"""The lines a training run prints: its start, a resume, each epoch, a divergence, the end,
+its calibration."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ if TYPE_CHECKING:
     import torch
 
     from fmnist_alexnet.config import TrainConfig
+    from fmnist_alexnet.infer.calibration import Calibration
+    from fmnist_alexnet.spec import ModelSpec
     from fmnist_alexnet.train.budget import BudgetPlan
     from fmnist_alexnet.train.data import RunData
     from fmnist_alexnet.train.loop import TrainResult
@@ -158,4 +161,13 @@ def unpublished_data_line(directory: str | Path) -> str:
         f"warning: the files in {directory} are not the published Fashion-MNIST "
         f"(their SHA-256 differ; `fmnist-alexnet data info --data-dir {directory}` "
         "says which): accuracies on them cannot be compared with published ones"
+    )
+
+
+def calibrated_line(figures: Calibration, spec: ModelSpec, images: int) -> str:
+    """What fitting ``best.pt``'s temperature and out-of-distribution threshold gave."""
+    return (
+        f"calibrated best.pt on {images} validation images: temperature "
+        f"{figures.temperature:.4f} (ECE {figures.ece_uncalibrated:.4f} -> {figures.ece:.4f}); "
+        f"not a garment above {spec.ood_method} score {spec.ood_threshold:.4f}"
     )
