@@ -318,9 +318,9 @@ def _add_calibrate(commands: Commands) -> None:
         help="fit a checkpoint's temperature and not-a-garment threshold on its validation split",
         description="Temperature scaling: the one T that makes softmax(logits / T) most likely "
         "on the run's held-out validation split; and the out-of-distribution score's threshold "
-        f"that keeps {KEEP_REAL:.0%} of those images as garments. Both are written into the "
-        "checkpoint; predict, evaluate, serve and export then use them (docs/calibration.md, "
-        "docs/ood.md).",
+        f"that keeps {100 * KEEP_REAL:.0f} % of those images as garments. Both are written "
+        "into the checkpoint (training does both at its end); predict, evaluate, serve and "
+        "export then use them (docs/calibration.md, docs/ood.md).",
     )
     calibrate.add_argument("checkpoint", help=CHECKPOINT_HELP)
     _device_flag(calibrate)
@@ -801,7 +801,7 @@ def _calibrated_lines(result: Calibrated) -> list[str]:
         f"on them: ECE {f.ece_uncalibrated:.4f} -> {f.ece:.4f}, "
         f"NLL {f.nll_uncalibrated:.4f} -> {f.nll:.4f}",
         f"not-a-garment threshold: {result.ood_method} score above {result.ood_threshold:.4f} "
-        f"(keeps {KEEP_REAL:.0%} of the validation images)",
+        f"(keeps {100 * KEEP_REAL:.0f} % of the validation images)",
     ]
 
 

@@ -196,8 +196,8 @@ def _ood_lines(ood: OodTable | None, fitted: bool) -> list[str]:
     return [
         *lines,
         f"- Score `{ood.method}`; a picture scoring above {ood.threshold:.4f} (the value that "
-        f"keeps {KEEP_REAL:.0%} of the validation images) is reported as not a clothing item. "
-        "It flags "
+        f"keeps {100 * KEEP_REAL:.0f} % of the validation images) is reported as not a "
+        f"clothing item. It flags "
         f"{ood.test_flagged:.2%} of the {ood.test_images:,} test images.",
         "- AUROC against the test set (1: always told apart); FPR at 95 % TPR: the share "
         "still taken for clothing when 95 % of the test set is; flagged: by the threshold.",

@@ -6,8 +6,8 @@ A 4x4 black patch (the background's value) slides over the image in steps of 2 p
 pixel's attribution is the mean drop in the top class's calibrated probability over the
 patches that covered it. Occlusion rather than Grad-CAM on the last convolution because:
 
-- at the sizes this package trains at, AlexNet's last convolution is 1x1 to 3x3 (65 px:
-  3x3, then 1x1 after its pooling), too coarse to point at a sleeve or a heel; occlusion
+- at the sizes this package trains at, AlexNet's last convolution is 3x3 (63-65 px; 1x1
+  after its pooling) to 7x7 (128 px), too coarse to point at a sleeve or a heel; occlusion
   works at the input's own 28x28;
 - it needs only forward passes, so it explains a checkpoint, a float32 export and an int8
   export alike (``Classifier.logits``), with no gradients through a quantized model.
