@@ -82,8 +82,14 @@ def test_predict_evaluate_and_an_export_use_the_temperature(
     assert main(["export", str(calibrated), "--format", "onnx", "--out", str(onnx)]) == 0
     capsys.readouterr()
     assert main(["predict", str(onnx), str(tmp_path), "--json"]) == 0
-    through_onnx = [row["top"][0]["prob"] for row in json.loads(capsys.readouterr().out)]
+    onnx_rows = json.loads(capsys.readouterr().out)
+    through_onnx = [row["top"][0]["prob"] for row in onnx_rows]
     assert through_onnx == pytest.approx([t["prob"] for t in calibrated_top], abs=1e-4)
+    # and the same not-clothing verdicts: the threshold travels in the contract too
+    assert [row["ood"] for row in onnx_rows] == [row["ood"] for row in rows[False]]
+    assert [row["ood_score"] for row in onnx_rows] == pytest.approx(
+        [row["ood_score"] for row in rows[False]], abs=1e-3
+    )
 
 
 def test_a_run_without_a_validation_split_cannot_calibrate(tmp_path, capsys):
