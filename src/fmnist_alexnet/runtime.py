@@ -5,9 +5,13 @@ from __future__ import annotations
 import contextlib
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
+
+if TYPE_CHECKING:
+    from torch._C._distributed_c10d import Store
 
 from fmnist_alexnet.denormals import flush_denormals
 from fmnist_alexnet.errors import FmnistError
@@ -160,8 +164,28 @@ def init_distributed(device_name: str) -> Distributed:
     device = resolve_device(device_name, local_rank)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    store = _restart_store()
+    if store is None:
+        dist.init_process_group(backend=backend)
+    else:
+        rank = int(os.environ["RANK"])
+        dist.init_process_group(backend=backend, store=store, rank=rank, world_size=world_size)
     return Distributed(dist.get_rank(), dist.get_world_size(), local_rank)
+
+
+def _restart_store() -> Store | None:
+    """After an elastic restart (``torchrun --max-restarts``), the group's store under a key
+    prefix of that restart; None otherwise (the environment's own). torchrun's agent keeps
+    its store across restarts with the old group's keys in it, each rank's Gloo address
+    among them: a restarted rank read a killed peer's address and failed to connect."""
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0" or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    from torch._C._distributed_c10d import PrefixStore, TCPStore
+
+    agent = TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    return PrefixStore(f"fmnist-alexnet/restart-{restart}", agent)
 
 
 def shutdown_distributed() -> None:
