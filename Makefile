@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CLI    := $(BIN)/fmnist-alexnet
 
-.PHONY: setup data browser demo test lint bench clean
+.PHONY: setup data browser postgres demo test lint bench clean
 
 setup: $(STAMP) data
 
@@ -40,6 +40,17 @@ browser:
 		echo "no /usr/bin/chromium and not root: the browser test will be skipped"; \
 	fi
 
+# Debian's PostgreSQL server for the shared tuning study's test (a throwaway cluster under
+# /tmp, started and removed by the test itself); only `make test` needs it.
+postgres:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+		echo "postgresql found"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql; \
+	else \
+		echo "no PostgreSQL server and not root: the shared-study test will be skipped"; \
+	fi
+
 # quick fits itself to 15 minutes of training on this machine, then prints the test accuracy.
 demo: setup
 	$(CLI) train --preset quick
@@ -50,7 +61,7 @@ bench: setup
 
 # Two workers: run one at a time, the tests kept two cores only about 70 % busy (imports,
 # process starts and checkpoint writes run in one thread). A module's tests share a worker.
-test: setup browser lint
+test: setup browser postgres lint
 	$(BIN)/python -m pytest -n 2 --dist loadscope
 
 # ruff on everything; mypy --strict on the package (its settings are in pyproject.toml).

@@ -82,6 +82,12 @@ TUNE_ARGS = [
 # train's also: quick's own 15-minute budget off, so a tiny run trains the epochs it is given
 # (tune's trials never run under a budget, and tune has no such flag).
 TINY_ARGS = [*TUNE_ARGS, "--time-budget", "0"]
+# DDP's tests: dropout and augmentation off, plain SGD, so that 2 ranks of 16 and 1 process
+# of 32 see the same batches and take the same steps.
+SAME_BATCHES = [
+    *("--dropout", "0", "--no-flip", "--translate", "0"),
+    *("--optimizer", "sgd", "--momentum", "0.9", "--schedule", "cosine"),
+]
 
 
 # The same for the Python API: 63 px, 256 images, 2 epochs, flips and shifts, fp32. Tests

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import TINY_ARGS
+from conftest import SAME_BATCHES, TINY_ARGS
 
 from fmnist_alexnet.checkpoint import load_model
 from fmnist_alexnet.config import resolve
@@ -18,22 +18,11 @@ from fmnist_alexnet.runtime import Distributed
 from fmnist_alexnet.train.data import load_data
 
 TORCHRUN = shutil.which("torchrun", path=os.path.dirname(sys.executable))
-# Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
 DETERMINISTIC = [
     *TINY_ARGS[2:],  # DDP's weights are checked on the real network, not the small one
-    "--dropout",
-    "0",
-    "--no-flip",
-    "--translate",
-    "0",
-    "--optimizer",
-    "sgd",
+    *SAME_BATCHES,
     "--lr",
     "0.01",
-    "--momentum",
-    "0.9",
-    "--schedule",
-    "cosine",
     "--warmup-epochs",
     "0.5",
     "--epochs",

@@ -14,29 +14,12 @@ from pathlib import Path
 import pytest
 import tinynet
 import torch
-from conftest import TINY_ARGS, assert_same_weights
+from conftest import SAME_BATCHES, TINY_ARGS, assert_same_weights
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TINY_SCRIPT = tinynet.__file__  # `python -m fmnist_alexnet` that also knows the small network
 pytestmark = pytest.mark.skipif(not TORCHRUN.exists(), reason="no torchrun beside this Python")
-# Dropout and augmentation off: then 2 ranks of 16 and 1 process of 32 see the same batches.
-DETERMINISTIC = [
-    *TINY_ARGS,
-    "--dropout",
-    "0",
-    "--no-flip",
-    "--translate",
-    "0",
-    "--optimizer",
-    "sgd",
-    "--lr",
-    "0.05",
-    "--momentum",
-    "0.9",
-    "--schedule",
-    "cosine",
-    "--no-report",
-]
+DETERMINISTIC = [*TINY_ARGS, *SAME_BATCHES, "--lr", "0.05", "--no-report"]
 LIMIT = 30  # seconds any one run may take
 
 

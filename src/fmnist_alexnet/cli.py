@@ -436,16 +436,39 @@ def _add_tune(commands: Commands) -> None:
         description="Optuna's TPE sampler and median pruner over training runs, selected on "
         "validation accuracy; the best trial is tested once at the end. The study lives in "
         "OUT/study.db (or --storage): the same command again adds trials; several processes "
-        "or machines given one --storage URL and --study work on one study. Train flags "
+        "or machines given one --storage and --study work on one study "
+        "(docs/distributed.md). Train flags "
         "given here are fixed for every trial (and taken out of the search space).",
     )
     tune.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
     tune.add_argument("--out", metavar="DIR", help="tune folder (default: tunes/STUDY)")
-    tune.add_argument("--trials", type=integer(1), default=20, help="trials to add (20)")
+    count = tune.add_mutually_exclusive_group()
+    count.add_argument(
+        "--trials", type=integer(1), default=20, help="trials this process adds (20)"
+    )
+    count.add_argument(
+        "--study-trials",
+        type=integer(1),
+        metavar="N",
+        help="run trials until the study has N, whichever worker runs them (for several "
+        "workers on one --storage)",
+    )
     tune.add_argument(
         "--timeout", type=number(above=0), metavar="S", help="start no trial after S s"
     )
-    tune.add_argument("--storage", metavar="URL", help="Optuna storage URL (OUT/study.db)")
+    tune.add_argument(
+        "--storage",
+        metavar="URL",
+        help="a database URL (default sqlite:///OUT/study.db; postgresql://... needs the "
+        "tune-db extra) or journal:PATH, a journal file on a shared file system",
+    )
+    tune.add_argument(
+        "--heartbeat",
+        type=integer(1),
+        default=10,
+        metavar="S",
+        help="a database study fails and reruns a trial silent for 3x S seconds (10)",
+    )
     tune.add_argument("--study", default="fmnist-alexnet", help="study name (fmnist-alexnet)")
     tune.add_argument(
         "--space",
@@ -846,6 +869,8 @@ def _tune(args: argparse.Namespace) -> int:
     settings = TuneSettings(
         out=Path(args.out or Path("tunes") / args.study),
         trials=args.trials,
+        study_trials=args.study_trials,
+        heartbeat=args.heartbeat,
         timeout=args.timeout,
         storage=args.storage,
         study=args.study,

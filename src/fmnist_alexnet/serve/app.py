@@ -9,7 +9,6 @@ Uploads get the same preparation as ``predict``; the model runs in micro-batches
 from __future__ import annotations
 
 import asyncio
-import base64
 import io
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -319,7 +318,7 @@ def _png_data_url(image: np.ndarray) -> str:
 
     buffer = io.BytesIO()
     Image.fromarray(image, mode="L").save(buffer, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    return png_data_url(buffer.getvalue())
 
 
 def _static(name: str) -> str:

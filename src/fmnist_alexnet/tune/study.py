@@ -27,7 +27,9 @@ from typing import Any
 
 from fmnist_alexnet.config import TrainConfig
 from fmnist_alexnet.errors import FmnistError
+from fmnist_alexnet.tune.quota import StudyQuota, counted
 from fmnist_alexnet.tune.space import DEFAULT_SPACE, trial_config
+from fmnist_alexnet.tune.storage import default_storage, open_storage
 
 
 @dataclass
@@ -35,7 +37,9 @@ class TuneSettings:
     out: Path
     trials: int = 20
     timeout: float | None = None  # seconds; stop starting trials after it
-    storage: str | None = None  # default: sqlite:///OUT/study.db
+    storage: str | None = None  # default: sqlite:///OUT/study.db; journal:PATH for a file
+    study_trials: int | None = None  # the workers of the study together stop at this many
+    heartbeat: int = 10  # seconds; a database storage fails a trial silent 3x this long
     study: str = "fmnist-alexnet"
     space: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SPACE))
     startup_trials: int = 5  # TPE samples at random until this many trials exist
@@ -50,7 +54,8 @@ def tune(
     settings: TuneSettings,
     log: Callable[[str], None] = print,
 ) -> dict[str, Any]:
-    """Run ``settings.trials`` more trials of the study; report, recipe and plots in OUT."""
+    """Run ``settings.trials`` more trials of the study (or, with ``study_trials``, until the
+    study has that many, whichever worker runs them); report, recipe and plots in OUT."""
     started = time.perf_counter()
     optuna = _import_optuna()
     space = {k: v for k, v in settings.space.items() if k not in fixed}
@@ -65,21 +70,45 @@ def tune(
         names = sorted(fixed.keys() & settings.space.keys())
         log("fixed by flags, not searched: " + ", ".join(names))
     settings.out.mkdir(parents=True, exist_ok=True)
-    study = _open_study(optuna, preset, fixed, space, settings)
-    if not study.trials:
-        _enqueue_preset(study, base, space, log)
-    objective = _Objective(optuna, preset, fixed, space, settings.out, log)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        study.optimize(
-            objective,
-            n_trials=settings.trials,
-            timeout=settings.timeout,
-            callbacks=[lambda study, trial: log(_trial_line(trial))],
-        )
+        study = _open_study(optuna, preset, fixed, space, settings)
+        if not study.trials:
+            _enqueue_preset(study, base, space, log)
+        quota = StudyQuota(settings.study_trials) if settings.study_trials else None
+        objective = _Objective(optuna, preset, fixed, space, settings.out, log, quota)
+        _optimize(study, objective, settings, quota, log)
     from fmnist_alexnet.tune.report import write_tune_report
 
     return write_tune_report(study, preset, fixed, settings, time.perf_counter() - started, log)
+
+
+def _optimize(
+    study: Study,
+    objective: _Objective,
+    settings: TuneSettings,
+    quota: StudyQuota | None,
+    log: Callable[[str], None],
+) -> None:
+    """``--trials`` more trials; or, with a quota, trials until the study has its count,
+    then wait for the other workers' (running one again whose worker died)."""
+    callbacks: list[Callable[[Study, FrozenTrial], None]] = [
+        lambda study, trial: log(_trial_line(trial))
+    ]
+    if quota is None:
+        study.optimize(objective, settings.trials, settings.timeout, callbacks=callbacks)
+        return
+    from optuna.trial import TrialState
+
+    deadline = time.monotonic() + (settings.timeout or math.inf)
+    while time.monotonic() < deadline:
+        trials = study.get_trials(deepcopy=False)
+        waiting = any(t.state == TrialState.WAITING for t in trials)
+        if waiting or len(counted(trials)) < quota.total:
+            left = max(deadline - time.monotonic(), 1e-3) if settings.timeout else None
+            study.optimize(objective, None, left, callbacks=[*callbacks, quota])
+        if not quota.wait_for_others(study, log):
+            return
 
 
 class _Objective:
@@ -94,14 +123,18 @@ class _Objective:
         space: dict[str, Any],
         out: Path,
         log: Callable[[str], None],
+        quota: StudyQuota | None = None,
     ) -> None:
         self.optuna, self.preset, self.fixed, self.space = optuna, preset, fixed, space
-        self.out, self.log = out, log
+        self.out, self.log, self.quota = out, log, quota
 
     def __call__(self, trial: Trial) -> float:
         from fmnist_alexnet.train import TrainingDiverged, train
 
         params = {name: _suggest(trial, name, spec) for name, spec in self.space.items()}
+        if self.quota and (why := self.quota.surplus(trial.study, trial, params)):
+            trial.set_user_attr("error", why)
+            return math.nan
         run_dir = self.out / "trials" / f"{trial.number:04d}"
         trial.set_user_attr("out", str(run_dir))
         try:
@@ -149,12 +182,12 @@ def _open_study(
 ) -> Study:
     """Create or load the study; a loaded one must have been run with the same preset,
     fixed settings and space (its trials would not be comparable otherwise)."""
-    storage = settings.storage or f"sqlite:///{(settings.out / 'study.db').resolve()}"
+    storage = settings.storage or default_storage(settings.out)
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # each trial gets its own line
     try:
         study = optuna.create_study(
             study_name=settings.study,
-            storage=storage,
+            storage=open_storage(optuna, storage, settings.heartbeat),
             direction="maximize",
             sampler=optuna.samplers.TPESampler(
                 n_startup_trials=settings.startup_trials, seed=settings.sampler_seed
