@@ -18,6 +18,7 @@ agree on which of them is the surplus.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -30,9 +31,12 @@ SURPLUS = "surplus"
 
 def counted(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
     """The trials that count towards N (see the module's docstring)."""
+    from optuna.exceptions import ExperimentalWarning
     from optuna.storages import RetryHeartbeatStaleTrialCallback
 
-    retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
+    with warnings.catch_warnings():  # experimental since Optuna 2.8, unchanged since
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        retried = {RetryHeartbeatStaleTrialCallback.retried_trial_number(t) for t in trials}
     return [t for t in trials if t.number not in retried and not t.user_attrs.get(SURPLUS)]
 
 
