@@ -122,29 +122,16 @@ def space(tmp_path):
 
 
 def test_two_workers_share_a_study_in_postgresql(postgres, space, tmp_path):
-    started = time.perf_counter()
-    one = finish(worker(postgres, "one-worker", tmp_path / "solo", space, 4))
-    solo_s = time.perf_counter() - started
-    started = time.perf_counter()
     workers = [worker(postgres, "two-workers", tmp_path / n, space, 6) for n in ("a", "b")]
     outputs = [finish(w) for w in workers]
-    pair_s = time.perf_counter() - started
-    solo = check_study(postgres, "one-worker", 4, [tmp_path / "solo"])
     trials = check_study(postgres, "two-workers", 6, [tmp_path / "a", tmp_path / "b"])
-    assert all(output.count("\ntrial ") + output.startswith("trial ") for output in outputs)
     mine = {t.user_attrs["out"].split("/")[-3] for t in counted(trials)}
     assert mine == {"a", "b"}  # both workers ran trials
-    assert "trial 0 is the quick preset's own recipe" in one
-    for name, runs, took in (("one worker", solo, solo_s), ("two workers", trials, pair_s)):
-        span = max(t.datetime_complete for t in runs) - min(t.datetime_start for t in runs)
-        per_hour = 3600 * len(runs) / span.total_seconds()
-        print(f"{name}: {len(runs)} trials in {took:.1f} s with process starts, "
-              f"{span.total_seconds():.1f} s from the first trial's start to the last's end: "
-              f"{per_hour:.0f} trials/hour")  # fmt: skip
+    assert any("trial 0 is the quick preset's own recipe" in output for output in outputs)
 
 
 def test_a_killed_worker_s_trial_is_failed_and_run_again(postgres, space, tmp_path):
-    slow = ["--limit-train", "4096"]  # trials long enough to be killed in
+    slow = ["--limit-train", "2048"]  # trials long enough to be killed in
     a = worker(postgres, "killed", tmp_path / "a", space, 4, *slow)
     time.sleep(1)
     b = worker(postgres, "killed", tmp_path / "b", space, 4, *slow)
@@ -181,7 +168,7 @@ def test_a_killed_worker_s_trial_is_failed_and_run_again(postgres, space, tmp_pa
 
 def test_two_workers_share_a_journal_file(space, tmp_path):
     storage = f"journal:{tmp_path / 'study.log'}"
-    workers = [worker(storage, "journal", tmp_path / n, space, 5) for n in ("a", "b")]
+    workers = [worker(storage, "journal", tmp_path / n, space, 4) for n in ("a", "b")]
     for w in workers:
         finish(w)
     check_study(
@@ -189,7 +176,7 @@ def test_two_workers_share_a_journal_file(space, tmp_path):
             optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.log"))
         ),
         "journal",
-        5,
+        4,
         [tmp_path / "a", tmp_path / "b"],
     )
 

@@ -437,11 +437,36 @@ def _add_tune(commands: Commands) -> None:
         "validation accuracy; the best trial is tested once at the end. The study lives in "
         "OUT/study.db (or --storage): the same command again adds trials; several processes "
         "or machines given one --storage and --study work on one study "
-        "(docs/distributed.md). Train flags "
-        "given here are fixed for every trial (and taken out of the search space).",
+        "(docs/distributed.md). Train flags given here are fixed for every trial (and taken "
+        "out of the search space).",
     )
     tune.add_argument("--preset", choices=list(PRESETS), default="quick", help="default quick")
     tune.add_argument("--out", metavar="DIR", help="tune folder (default: tunes/STUDY)")
+    _study_flags(tune)
+    tune.add_argument(
+        "--space",
+        metavar="FILE",
+        help="TOML search space replacing the default one (lr, weight_decay, label_smoothing, "
+        "dropout, image_size 64/96/128, batch_size 64/128/256)",
+    )
+    tune.add_argument(
+        "--startup-trials", type=integer(0), default=5, help="random trials first (5)"
+    )
+    tune.add_argument(
+        "--prune-startup", type=integer(0), default=3, help="completed trials before pruning (3)"
+    )
+    tune.add_argument(
+        "--prune-warmup", type=integer(0), default=1, help="epochs before a trial can be pruned (1)"
+    )
+    tune.add_argument(
+        "--sampler-seed", type=integer(0, 2**32 - 1), help="seed of the sampler (reproducible)"
+    )
+    trial_flags = [f.name for f in dataclasses.fields(TrainConfig)]
+    add_train_flags(tune, [name for name in trial_flags if name not in ("out", "time_budget")])
+
+
+def _study_flags(tune: argparse.ArgumentParser) -> None:
+    """How many trials, for how long, and where the study lives."""
     count = tune.add_mutually_exclusive_group()
     count.add_argument(
         "--trials", type=integer(1), default=20, help="trials this process adds (20)"
@@ -470,26 +495,6 @@ def _add_tune(commands: Commands) -> None:
         help="a database study fails and reruns a trial silent for 3x S seconds (10)",
     )
     tune.add_argument("--study", default="fmnist-alexnet", help="study name (fmnist-alexnet)")
-    tune.add_argument(
-        "--space",
-        metavar="FILE",
-        help="TOML search space replacing the default one (lr, weight_decay, label_smoothing, "
-        "dropout, image_size 64/96/128, batch_size 64/128/256)",
-    )
-    tune.add_argument(
-        "--startup-trials", type=integer(0), default=5, help="random trials first (5)"
-    )
-    tune.add_argument(
-        "--prune-startup", type=integer(0), default=3, help="completed trials before pruning (3)"
-    )
-    tune.add_argument(
-        "--prune-warmup", type=integer(0), default=1, help="epochs before a trial can be pruned (1)"
-    )
-    tune.add_argument(
-        "--sampler-seed", type=integer(0, 2**32 - 1), help="seed of the sampler (reproducible)"
-    )
-    trial_flags = [f.name for f in dataclasses.fields(TrainConfig)]
-    add_train_flags(tune, [name for name in trial_flags if name not in ("out", "time_budget")])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -20,6 +21,7 @@ from fmnist_alexnet.errors import FmnistError
 
 JOURNAL = "journal:"
 RETRIES = 2  # times one trial's parameters are run again after their worker died
+OPEN_ATTEMPTS = 5
 
 
 def default_storage(out: Path) -> str:
@@ -41,17 +43,25 @@ def open_storage(optuna: ModuleType, url: str, heartbeat: int) -> Any:
             raise FmnistError(f"--storage {url}: {exc.strerror or exc}") from None
     from optuna.storages import RDBStorage, RetryHeartbeatStaleTrialCallback
 
-    try:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat,
-            grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
-        )
-    except (ImportError, ValueError) as exc:  # a bad URL, a database driver not installed
-        raise FmnistError(f"--storage {url}: {_first_line(exc)}{_driver_hint(exc)}") from None
-    except Exception as exc:  # SQLAlchemy's OperationalError: no server there, bad login
-        raise FmnistError(f"--storage {url}: cannot open it ({_first_line(exc)})") from None
+    for attempt in range(OPEN_ATTEMPTS):
+        try:
+            return RDBStorage(
+                url,
+                heartbeat_interval=heartbeat,
+                grace_period=3 * heartbeat,
+                heartbeat_stale_trial_callback=RetryHeartbeatStaleTrialCallback(max_retry=RETRIES),
+            )
+        except (ImportError, ValueError) as exc:  # a bad URL, a database driver not installed
+            raise FmnistError(f"--storage {url}: {_first_line(exc)}{_driver_hint(exc)}") from None
+        except Exception as exc:  # SQLAlchemy's errors: no server there, a bad login...
+            # ...or, on a new database, another worker creating Optuna's tables this very
+            # moment (PostgreSQL: a unique violation in its catalogue, or a table that already
+            # exists): they exist once it is done, so open again
+            racing = any(sign in str(exc) for sign in ("UniqueViolation", "already exists"))
+            if not racing or attempt == OPEN_ATTEMPTS - 1:
+                raise FmnistError(f"--storage {url}: cannot open it ({_first_line(exc)})") from None
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
 
 
 def _first_line(exc: BaseException) -> str:
