@@ -78,7 +78,7 @@ def worker(storage: str, study: str, out: Path, space: Path, trials: int, *extra
     command = [
         *TINY_CLI, "tune", "--storage", storage, "--study", study, "--out", str(out),
         "--space", str(space), "--study-trials", str(trials), "--heartbeat", "1",
-        *TUNE_ARGS, "--limit-train", "512", "--limit-eval", "200", "--epochs", "2",
+        *TUNE_ARGS, "--limit-train", "256", "--limit-eval", "100", "--epochs", "1",
         "--startup-trials", "2", "--no-tensorboard", *extra,
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -130,8 +130,9 @@ def test_two_workers_share_a_study_in_postgresql(postgres, space, tmp_path):
     assert any("trial 0 is the quick preset's own recipe" in output for output in outputs)
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")
 def test_a_killed_worker_s_trial_is_failed_and_run_again(postgres, space, tmp_path):
-    slow = ["--limit-train", "2048"]  # trials long enough to be killed in
+    slow = ["--limit-train", "2048", "--epochs", "2"]  # trials long enough to be killed in
     a = worker(postgres, "killed", tmp_path / "a", space, 4, *slow)
     time.sleep(1)
     b = worker(postgres, "killed", tmp_path / "b", space, 4, *slow)
