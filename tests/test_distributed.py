@@ -96,6 +96,8 @@ def test_only_rank_zero_writes_one_metrics_line_per_epoch(runs):
     single_rows = [json.loads(x) for x in (root / "single/metrics.jsonl").read_text().splitlines()]
     assert [r["val_acc"] for r in rows] == [r["val_acc"] for r in single_rows]
     assert double.stdout.count("test accuracy") == 1
+    # rank 0 alone fits best.pt's temperature and threshold, on the (--limit-eval) split
+    assert double.stdout.count("calibrated best.pt on 64 validation images") == 1
 
 
 def test_keeping_the_last_partial_batch_is_refused_across_processes(real_data):

@@ -157,7 +157,8 @@ def _png(gray: np.ndarray) -> bytes:
     from PIL import Image
 
     buffer = io.BytesIO()
-    Image.fromarray(gray, mode="L").save(buffer, format="PNG")
+    # stored, not deflated: lossless all the same, and most of the time making a set took
+    Image.fromarray(gray, mode="L").save(buffer, format="PNG", compress_level=0)
     return buffer.getvalue()
 
 
