@@ -3,6 +3,7 @@
 import gzip
 import os
 import shutil
+import socket
 import sys
 from pathlib import Path
 
@@ -109,6 +110,13 @@ TINY = dict(
     eval_batch_size=64,
     tensorboard=False,  # the runs that check TensorBoard switch it on
 )
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def quiet(line: str) -> None:

@@ -5,7 +5,6 @@ network keeps each run to seconds; its float32 CPU steps are bit-exact."""
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import pytest
 import tinynet
 import torch
-from conftest import SAME_BATCHES, TINY_ARGS, assert_same_weights
+from conftest import SAME_BATCHES, TINY_ARGS, assert_same_weights, free_port
 
 TORCHRUN = Path(sys.executable).parent / "torchrun"
 TINY_SCRIPT = tinynet.__file__  # `python -m fmnist_alexnet` that also knows the small network
@@ -25,12 +24,6 @@ LIMIT = 30  # seconds any one run may take
 
 def environment() -> dict[str, str]:
     return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONFAULTHANDLER": "1"}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def train_single(out: Path, *args: str) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_serve import CHROMIUM, free_port, png, wait_ready
+from conftest import free_port
+from test_serve import CHROMIUM, png, wait_ready
 
 pytest.importorskip("fastapi")
 sync_api = pytest.importorskip("playwright.sync_api")

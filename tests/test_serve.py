@@ -23,7 +23,7 @@ try:  # the client library starlette's TestClient itself picks, so its errors ar
     import httpx2 as httpx
 except ModuleNotFoundError:
     import httpx
-from conftest import TINY_CLI  # noqa: E402
+from conftest import TINY_CLI, free_port  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from tinynet import TinyNet  # noqa: E402
 
@@ -251,12 +251,6 @@ def live_server(best, real_split):
     yield base
     server.should_exit = True
     thread.join(timeout=30)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(base, timeout=120):

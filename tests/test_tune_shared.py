@@ -6,14 +6,13 @@ trial that the other fails and runs again."""
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY_CLI, TUNE_ARGS
+from conftest import TINY_CLI, TUNE_ARGS, free_port
 
 optuna = pytest.importorskip("optuna")
 from fmnist_alexnet.tune.quota import counted  # noqa: E402
@@ -25,12 +24,6 @@ LIMIT = 120  # seconds a worker may take
 def postgres_bin() -> Path | None:
     found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
     return found[-1].parent if found else None
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

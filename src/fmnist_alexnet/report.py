@@ -26,6 +26,7 @@ from fmnist_alexnet.infer.calibration import Calibration, measure
 from fmnist_alexnet.infer.evaluate import per_class_accuracy
 from fmnist_alexnet.infer.ood import KEEP_REAL
 from fmnist_alexnet.infer.ood_sets import SET_NAMES, OodTable, available, ood_table
+from fmnist_alexnet.infer.predict import batched_logits
 from fmnist_alexnet.model import count_parameters
 from fmnist_alexnet.recipe import NOT_RECIPE, reproduce_command
 from fmnist_alexnet.train.rundir import RunDir
@@ -242,13 +243,8 @@ def _test_set(n: int, published: bool = True) -> str:
     return f"the first {n:,} images of the official test set (the run's --limit-eval)"
 
 
-@torch.no_grad()
-def _logits(loaded: LoadedModel, images: np.ndarray, batch_size: int = 500) -> np.ndarray:
-    chunks = []
-    tensor = torch.from_numpy(images.copy())[:, None]
-    for start in range(0, len(tensor), batch_size):
-        chunks.append(loaded.logits(tensor[start : start + batch_size]).cpu())
-    return torch.cat(chunks).numpy()
+def _logits(loaded: LoadedModel, images: np.ndarray) -> np.ndarray:
+    return batched_logits(loaded, torch.from_numpy(images.copy())[:, None]).numpy()
 
 
 def _count(value: object) -> str:

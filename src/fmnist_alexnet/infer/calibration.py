@@ -23,6 +23,7 @@ from fmnist_alexnet.data.batches import DeviceData, validation_split
 from fmnist_alexnet.data.sources import find_data, load_split
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.ood import DEFAULT_METHOD, fit_threshold, ood_scores
+from fmnist_alexnet.infer.predict import batched_logits
 from fmnist_alexnet.spec import ModelSpec
 
 ECE_BINS = 15
@@ -144,13 +145,7 @@ def calibrate_checkpoint(
     source = find_data(data_dir or config.data_dir)
     full = DeviceData.from_numpy(*load_split(source, "train"), loaded.device)
     _, val = validation_split(full, config.val_size, config.split_seed)
-    with torch.no_grad():
-        logits = torch.cat(
-            [
-                loaded.logits(val.images[start : start + batch_size]).cpu()
-                for start in range(0, len(val), batch_size)
-            ]
-        )
+    logits = batched_logits(loaded, val.images, batch_size)
     spec, figures = fitted_spec(checkpoint.spec, logits, val.labels, ood_method)
     save_checkpoint(path, dataclasses.replace(checkpoint, spec=spec))
     assert spec.ood_threshold is not None

@@ -70,6 +70,15 @@ def occlusion_maps(
     return torch.cat(maps) if maps else torch.zeros(0, *images.shape[2:])
 
 
+def heatmap_pngs(model: Classifier, images: torch.Tensor, targets: list[int]) -> list[bytes]:
+    """Per uint8 [B, 1, 28, 28] image, the PNG of what drove class ``targets[i]``."""
+    maps = occlusion_maps(model, images, torch.tensor(targets)).numpy()
+    return [
+        heatmap_png(image, attribution)
+        for image, attribution in zip(images[:, 0].numpy(), maps, strict=True)
+    ]
+
+
 def heatmap_png(image: np.ndarray, attribution: np.ndarray) -> bytes:
     """The 28x28 input in gray, enlarged, with the pixels that raised the top class's
     probability in red to yellow (the strongest yellow); those that lowered it are left gray."""

@@ -25,7 +25,7 @@ import torch
 
 from fmnist_alexnet.errors import FmnistError
 from fmnist_alexnet.infer.ood import OodCheck, check_scores, ood_scores
-from fmnist_alexnet.infer.predict import Classifier, prepare_image
+from fmnist_alexnet.infer.predict import Classifier, batched_logits, prepare_image
 
 OOD_SETS = ("digits", "photos", "noise")
 SET_NAMES = {
@@ -90,10 +90,7 @@ def ood_table(model: Classifier, test_logits: torch.Tensor, batch_size: int = 50
     test_scores = ood_scores(test_logits, spec.ood_method, spec.temperature)
     rows = []
     for name in OOD_SETS:
-        images = ood_set(name)
-        logits = torch.cat(
-            [model.logits(images[i : i + batch_size]) for i in range(0, len(images), batch_size)]
-        )
+        logits = batched_logits(model, ood_set(name), batch_size)
         scores = ood_scores(logits, spec.ood_method, spec.temperature)
         rows.append(check_scores(name, scores, test_scores, spec.ood_threshold))
     return OodTable(

@@ -103,6 +103,14 @@ class Classifier(Protocol):
         """uint8 [B, 1, 28, 28] -> float32 logits [B, classes]."""
 
 
+@torch.no_grad()
+def batched_logits(model: Classifier, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """``model.logits`` of uint8 [N, 1, 28, 28] in batches, on the CPU, in order."""
+    return torch.cat(
+        [model.logits(images[i : i + batch_size]).cpu() for i in range(0, len(images), batch_size)]
+    )
+
+
 def find_images(paths: Iterable[str | Path]) -> list[Path]:
     """Files as given (a pipe too: ``<(curl ...)``); folders searched recursively for files
     with an image suffix, sorted, less what is there but not a regular file (a FIFO would
@@ -236,14 +244,13 @@ def _explain(
     if not any(files):
         return [None] * len(files)
     from fmnist_alexnet.atomic import atomic_write_bytes
-    from fmnist_alexnet.infer.explain import heatmap_png, occlusion_maps
+    from fmnist_alexnet.infer.explain import heatmap_pngs
 
-    targets = torch.tensor([answer.top[0].label for answer in said])
-    maps = occlusion_maps(model, images, targets).numpy()
+    pngs = heatmap_pngs(model, images, [answer.top[0].label for answer in said])
     written: list[str | None] = []
-    for image, attribution, file in zip(images[:, 0].numpy(), maps, files, strict=True):
+    for png, file in zip(pngs, files, strict=True):
         assert file is not None
-        written.append(str(atomic_write_bytes(file, heatmap_png(image, attribution))))
+        written.append(str(atomic_write_bytes(file, png)))
     return written
 
 

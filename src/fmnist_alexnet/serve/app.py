@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from fmnist_alexnet.infer.explain import heatmap_png, occlusion_maps, png_data_url
+from fmnist_alexnet.infer.explain import heatmap_pngs, png_data_url
 from fmnist_alexnet.infer.predict import Classifier, ImageError, answers, prepare_image
 from fmnist_alexnet.serve.batcher import MicroBatcher
 from fmnist_alexnet.serve.limits import BodyLimit
@@ -82,11 +82,7 @@ class _Service:
         """Each image's heatmap of its top class, as a PNG data URL. Its forward passes run
         in this thread, beside the batcher's (one explanation is 169 passes)."""
         batch = torch.from_numpy(np.stack(images))[:, None]
-        maps = occlusion_maps(self.model, batch, torch.tensor(targets)).numpy()
-        return [
-            png_data_url(heatmap_png(image, attribution))
-            for image, attribution in zip(images, maps, strict=True)
-        ]
+        return [png_data_url(png) for png in heatmap_pngs(self.model, batch, targets)]
 
     @asynccontextmanager
     async def lifespan(self, app: FastAPI) -> AsyncIterator[None]:
